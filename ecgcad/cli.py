@@ -52,7 +52,9 @@ def config_show(config: ConfigOption = None) -> None:
 
 
 @app.command()
-def migrate(config: ConfigOption = None, revision: str = typer.Option("head", help="Target revision.")) -> None:
+def migrate(
+    config: ConfigOption = None, revision: str = typer.Option("head", help="Target revision.")
+) -> None:
     """Upgrade the database schema to ``revision`` (default: head)."""
     from ecgcad.db.migrate import upgrade
     from ecgcad.logsetup import configure_logging

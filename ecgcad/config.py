@@ -22,7 +22,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ecgcad.errors import ConfigurationError
@@ -50,11 +58,15 @@ class DicomSettings(_Section):
     ae_title: str = Field("ECGCAD", description="Our AE title (1–16 characters).")
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(11112, ge=0, le=65535, description="TCP port (0 = ephemeral).")
-    allowed_calling_aets: list[str] = Field(default_factory=list, description="Empty = any (warned at start).")
+    allowed_calling_aets: list[str] = Field(
+        default_factory=list, description="Empty = any (warned at start)."
+    )
     allowed_addresses: list[str] = Field(default_factory=list, description="Peer IPs/CIDRs; empty = any.")
     max_pdu: int = Field(262144, ge=0, description="Maximum PDU length we receive, bytes (0 = unlimited).")
     max_associations: int = Field(32, ge=1, description="Concurrent associations.")
-    network_timeout_s: float = Field(60.0, gt=0, description="Seconds of silence before an association is aborted.")
+    network_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds of silence before an association is aborted."
+    )
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @field_validator("ae_title")
@@ -70,10 +82,16 @@ class Hl7Settings(_Section):
 
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(2575, ge=0, le=65535, description="TCP port (0 = ephemeral).")
-    max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Larger frames get AR and the connection closes.")
-    idle_timeout_s: float = Field(300.0, gt=0, description="Idle connections are closed after this many seconds.")
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, description="Larger frames get AR and the connection closes."
+    )
+    idle_timeout_s: float = Field(
+        300.0, gt=0, description="Idle connections are closed after this many seconds."
+    )
     max_connections: int = Field(200, ge=1, description="Concurrent connections.")
-    accept_other_types: bool = Field(False, description="Acknowledge (AA) message types we do not use instead of AR.")
+    accept_other_types: bool = Field(
+        False, description="Acknowledge (AA) message types we do not use instead of AR."
+    )
     application: str = Field("ECGCAD", description="Our MSH-3 / MSH-5 sending/receiving application.")
     facility: str = Field("", description="Our facility (MSH-4 / MSH-6).")
     tls: TlsSettings = Field(default_factory=TlsSettings)
@@ -95,7 +113,9 @@ class ModelSettings(_Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     max_batch: int = Field(64, ge=1, description="Largest micro-batch per forward pass.")
     max_wait_ms: int = Field(20, ge=0, description="How long the worker waits to fill a micro-batch, ms.")
-    shadow_checkpoint: str = Field("", description="Optional second model run in shadow mode (stored, never sent).")
+    shadow_checkpoint: str = Field(
+        "", description="Optional second model run in shadow mode (stored, never sent)."
+    )
 
 
 class ThresholdSettings(_Section):
@@ -105,7 +125,9 @@ class ThresholdSettings(_Section):
     lm: float = Field(0.01, ge=0, le=1)
     lad: float = Field(0.15, ge=0, le=1)
     lcx: float = Field(0.15, ge=0, le=1)
-    screening_rca: float | None = Field(None, ge=0, le=1, description="Optional screening cut (95 % specificity).")
+    screening_rca: float | None = Field(
+        None, ge=0, le=1, description="Optional screening cut (95 % specificity)."
+    )
     screening_lm: float | None = Field(None, ge=0, le=1)
     screening_lad: float | None = Field(None, ge=0, le=1)
     screening_lcx: float | None = Field(None, ge=0, le=1)
@@ -151,11 +173,17 @@ class QueueSettings(_Section):
     """The job queue."""
 
     max_attempts: int = Field(5, ge=1, description="Attempts before a job is failed (dead letter).")
-    lease_s: float = Field(120.0, gt=0, description="A claimed job not finished within this is claimable again.")
+    lease_s: float = Field(
+        120.0, gt=0, description="A claimed job not finished within this is claimable again."
+    )
     backoff_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
     backoff_max_s: float = Field(600.0, gt=0)
-    max_depth: int = Field(100_000, ge=1, description="Back-pressure: refuse new input above this queue depth.")
-    min_free_disk_mb: int = Field(512, ge=0, description="Back-pressure: refuse new input under this free space.")
+    max_depth: int = Field(
+        100_000, ge=1, description="Back-pressure: refuse new input above this queue depth."
+    )
+    min_free_disk_mb: int = Field(
+        512, ge=0, description="Back-pressure: refuse new input under this free space."
+    )
 
 
 class Settings(BaseSettings):

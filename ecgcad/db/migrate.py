@@ -1,0 +1,49 @@
+"""Run Alembic migrations programmatically (``ecgcad migrate``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from ecgcad.errors import StorageError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic config pointing at our migrations and ``url``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(settings_or_url: Any, revision: str = "head") -> None:
+    """Upgrade the database to ``revision``.
+
+    Raises
+    ------
+    StorageError
+        The database cannot be reached or a migration failed.
+    """
+    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.effective_database_url
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except Exception as exc:  # noqa: BLE001 - translated at this boundary
+        raise StorageError(f"migration failed: {exc}") from exc
+
+
+def current_revision(engine: Any) -> str | None:
+    """The revision the database is at (None when never migrated)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision in the package."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

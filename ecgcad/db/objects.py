@@ -1,0 +1,102 @@
+"""Content-addressed raw object store under ``data_dir/objects``.
+
+Objects are written to a temporary file, fsynced, renamed into place and the directory fsynced, so that an
+object is durable before the database row that points at it is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ecgcad.errors import BackPressureError, StorageError
+
+
+class ObjectStore:
+    """Stores bytes under their SHA-256.
+
+    Parameters
+    ----------
+    root:
+        Folder for objects (created if missing).
+    min_free_bytes:
+        Refuse writes (``BackPressureError``) when free space would drop under this reserve.
+    fsync:
+        Flush file and directory to stable storage (off only in benchmarks that say so).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, min_free_bytes: int = 0, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.min_free_bytes = min_free_bytes
+        self.fsync = fsync
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the object with this digest lives."""
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def free_bytes(self) -> int:
+        """Free bytes on the store's file system."""
+        return shutil.disk_usage(self.root).free
+
+    def check_space(self, needed: int = 0) -> None:
+        """Raise :class:`BackPressureError` if free space is under the reserve."""
+        if self.min_free_bytes and self.free_bytes() - needed < self.min_free_bytes:
+            raise BackPressureError("free disk space is under the configured reserve")
+
+    def put(self, data: bytes) -> tuple[str, Path]:
+        """Store ``data`` durably; return its SHA-256 and path (idempotent)."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.path_for(digest)
+        if path.exists() and path.stat().st_size == len(data):
+            return digest, path
+        self.check_space(len(data))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    if self.fsync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with _suppress():
+                    os.unlink(tmp)
+                raise
+            if self.fsync:
+                dfd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            raise StorageError(f"cannot write object: {exc.strerror}") from exc
+        return digest, path
+
+    def get(self, sha256: str) -> bytes:
+        """Read an object back."""
+        try:
+            return self.path_for(sha256).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"object {sha256[:12]} unreadable: {exc.strerror}") from exc
+
+    def delete(self, sha256: str) -> bool:
+        """Delete an object (retention); True if it existed."""
+        try:
+            self.path_for(sha256).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True

@@ -1,0 +1,115 @@
+"""Engine and sessions for SQLite (embedded) and PostgreSQL (scale-out).
+
+SQLite follows SQLAlchemy's documented recipe for Python's sqlite3 driver: the driver's own transaction
+handling is switched off and every transaction starts with ``BEGIN IMMEDIATE``, so that writers serialise on
+the database lock at BEGIN rather than failing later with "database is locked". The database runs in WAL
+mode with ``foreign_keys`` on and a ``busy_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from ecgcad.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    path = url.split("sqlite:///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Disable pysqlite's own BEGIN handling (recipe: "Serializable isolation / Savepoints / Transactional DDL").
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine for ``url`` with the settings ecgcad relies on."""
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, **kwargs)
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+class Database:
+    """The service's database: an engine and a session factory.
+
+    Parameters
+    ----------
+    url:
+        SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
+    """
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine = make_engine(url, **engine_kwargs)
+        self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Database:
+        """Build from :class:`ecgcad.config.Settings`."""
+        return cls(settings.effective_database_url)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        with self._sessionmaker() as session:
+            try:
+                with session.begin():
+                    yield session
+            except StorageError:
+                raise
+            except Exception as exc:
+                from sqlalchemy.exc import OperationalError
+
+                if isinstance(exc, OperationalError):
+                    raise StorageError(f"database error: {exc.orig}") from exc
+                raise
+
+    def new_session(self) -> Session:
+        """A plain session (the caller manages its transactions)."""
+        return self._sessionmaker()
+
+    def ping(self) -> bool:
+        """True when the database answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - readiness probe
+            return False
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()

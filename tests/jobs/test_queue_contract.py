@@ -1,0 +1,223 @@
+"""The JobQueue contract: every engine must pass this suite (embedded SQLite, SQL on PostgreSQL, …).
+
+An engine joins by extending the ``queue`` fixture's params.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from ecgcad.db.models import Job, SourceObject
+from ecgcad.db.session import Database
+from ecgcad.jobs.queue import BackoffPolicy, JobQueue, SqlJobQueue
+from ecgcad.jobs.worker import Worker
+
+
+@pytest.fixture
+def queue(db: Database) -> Iterator[SqlJobQueue]:
+    yield SqlJobQueue(db, lease_s=1.0, max_attempts=3, backoff=BackoffPolicy(base_s=0.2, maximum_s=1.0, jitter=0.0))
+
+
+def _defer(q: SqlJobQueue, kind: str = "score", payload: dict | None = None, **kw: object) -> int | None:
+    with q.db.session() as s:
+        return q.defer(s, kind, payload or {"ecg_id": 1}, **kw)  # type: ignore[arg-type]
+
+
+def test_engine_implements_the_protocol(queue: SqlJobQueue) -> None:
+    assert isinstance(queue, JobQueue)
+
+
+def test_dedupe_key_makes_second_defer_a_no_op(queue: SqlJobQueue) -> None:
+    first = _defer(queue, dedupe_key="score:ecg:1")
+    second = _defer(queue, dedupe_key="score:ecg:1")
+    assert first is not None and second is None
+    assert queue.counts()["queued"] == 1
+
+
+def test_enqueue_joins_the_callers_transaction(queue: SqlJobQueue) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with queue.db.session() as s:
+            obj = SourceObject(sha256="a" * 64, size=1, storage_path="x", kind="file")
+            s.add(obj)
+            s.flush()
+            queue.defer(s, "decode", {"source_object_id": obj.id})
+            raise Boom
+    with queue.db.session() as s:
+        assert s.execute(select(Job)).first() is None
+        assert s.execute(select(SourceObject)).first() is None
+    assert queue.counts()["queued"] == 0
+
+
+def test_committed_job_and_row_appear_together(queue: SqlJobQueue) -> None:
+    with queue.db.session() as s:
+        obj = SourceObject(sha256="b" * 64, size=1, storage_path="x", kind="file")
+        s.add(obj)
+        s.flush()
+        job_id = queue.defer(s, "decode", {"source_object_id": obj.id})
+    assert job_id is not None
+    assert queue.get(job_id)["payload"] == {"source_object_id": obj.id}  # type: ignore[index]
+
+
+def test_batch_claim_respects_limit_and_kind(queue: SqlJobQueue) -> None:
+    for i in range(7):
+        _defer(queue, "score", {"ecg_id": i})
+    _defer(queue, "deliver", {"delivery_id": 1})
+    first = queue.claim(["score"], 5, "w1")
+    second = queue.claim(["score"], 5, "w1")
+    third = queue.claim(["score"], 5, "w1")
+    assert [len(first), len(second), len(third)] == [5, 2, 0]
+    assert all(j.kind == "score" for j in first + second)
+    assert len({j.id for j in first + second}) == 7
+    assert queue.claim(["score"], 0, "w1") == []
+
+
+def test_concurrent_claimers_never_share_a_job(queue: SqlJobQueue) -> None:
+    for i in range(60):
+        _defer(queue, "score", {"ecg_id": i})
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        while True:
+            jobs = queue.claim(["score"], 4, name)
+            if not jobs:
+                return
+            with lock:
+                got.extend(j.id for j in jobs)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 60 and len(set(got)) == 60
+
+
+def test_retry_with_exponential_backoff(queue: SqlJobQueue) -> None:
+    job_id = _defer(queue)
+    assert job_id is not None
+    (job,) = queue.claim(["score"], 1, "w")
+    before = dt.datetime.now(dt.UTC)
+    assert queue.retry_later(job.id, "boom") == "queued"
+    first_delay = (queue.get(job_id)["run_after"] - before).total_seconds()  # type: ignore[index]
+    assert queue.claim(["score"], 1, "w") == [], "a job must not run again before its backoff"
+    time.sleep(0.25)
+    (job,) = queue.claim(["score"], 1, "w")
+    before = dt.datetime.now(dt.UTC)
+    queue.retry_later(job.id, "boom again")
+    second_delay = (queue.get(job_id)["run_after"] - before).total_seconds()  # type: ignore[index]
+    assert 0.15 < first_delay < 0.3
+    assert 0.35 < second_delay < 0.5, "the second delay doubles"
+    assert queue.get(job_id)["last_error"] == "boom again"  # type: ignore[index]
+
+
+def test_dead_letter_after_max_attempts(queue: SqlJobQueue) -> None:
+    job_id = _defer(queue, max_attempts=2)
+    assert job_id is not None
+    (job,) = queue.claim(["score"], 1, "w")
+    assert queue.retry_later(job.id, "e1") == "queued"
+    time.sleep(0.25)
+    (job,) = queue.claim(["score"], 1, "w")
+    assert queue.retry_later(job.id, "e2") == "failed"
+    assert queue.get(job_id)["state"] == "failed"  # type: ignore[index]
+    assert queue.get(job_id)["last_error"] == "e2"  # type: ignore[index]
+    assert queue.claim(["score"], 1, "w") == []
+    assert queue.counts()["failed"] == 1
+    queue.retry(job_id)
+    assert queue.get(job_id)["state"] == "queued"  # type: ignore[index]
+
+
+def test_non_retryable_failure_goes_straight_to_dead_letter(queue: SqlJobQueue) -> None:
+    _defer(queue)
+    (job,) = queue.claim(["score"], 1, "w")
+    assert queue.retry_later(job.id, "refused", retryable=False) == "failed"
+
+
+def test_claim_of_a_killed_worker_process_becomes_claimable_again(queue: SqlJobQueue, database_url: str) -> None:
+    job_id = _defer(queue)
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from ecgcad.db.session import Database
+        from ecgcad.jobs.queue import SqlJobQueue
+        q = SqlJobQueue(Database({database_url!r}), lease_s=1.0)
+        jobs = q.claim(["score"], 1, "doomed")
+        print(len(jobs), flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "1"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    assert queue.claim(["score"], 1, "survivor") == [], "the lease still holds"
+    deadline = time.monotonic() + 10
+    claimed = []
+    while not claimed and time.monotonic() < deadline:
+        time.sleep(0.2)
+        claimed = queue.claim(["score"], 1, "survivor")
+    assert [j.id for j in claimed] == [job_id]
+    assert claimed[0].attempts == 2
+
+
+def test_requeue_stalled_makes_expired_leases_runnable(queue: SqlJobQueue) -> None:
+    _defer(queue)
+    queue.claim(["score"], 1, "w")
+    time.sleep(1.1)
+    assert queue.requeue_stalled() == 1
+    assert queue.counts()["queued"] == 1
+
+
+def test_worker_runs_batches_and_marks_done_after_handler(queue: SqlJobQueue) -> None:
+    for i in range(10):
+        _defer(queue, "score", {"ecg_id": i})
+    batches: list[int] = []
+
+    def handler(jobs):  # type: ignore[no-untyped-def]
+        batches.append(len(jobs))
+        return {jobs[0].id: RuntimeError("first of batch fails")} if len(batches) == 1 else None
+
+    worker = Worker(queue)
+    worker.register("score", handler, batch_size=4, max_wait_ms=10)
+    for _ in range(5):
+        worker.run_once()
+    assert batches[:3] == [4, 4, 2]
+    counts = queue.counts()
+    assert counts["done"] == 9 and counts["queued"] == 1
+
+
+def test_worker_thread_stops_cleanly(queue: SqlJobQueue) -> None:
+    done = threading.Event()
+
+    def handler(jobs):  # type: ignore[no-untyped-def]
+        done.set()
+
+    worker = Worker(queue, idle_sleep_s=0.05)
+    worker.register("score", handler)
+    worker.start()
+    _defer(queue)
+    worker.wake()
+    assert done.wait(10)
+    worker.stop(10)
+    assert not worker.alive
+    deadline = time.monotonic() + 5
+    while queue.counts()["done"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert queue.counts()["done"] == 1
