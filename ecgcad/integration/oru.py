@@ -1,0 +1,524 @@
+"""HL7 v2.5.1 ORU^R01 of a stenosis result (built with hl7apy) and our own validator of it.
+
+Message layout (ER7, segments ended by ``\\r``, UTF-8, MSH-18 ``UNICODE UTF-8``)::
+
+    MSH  -9 ORU^R01^ORU_R01  -10 control id  -11 P  -12 2.5.1  [-15/-16 by profile]
+    PID  -3 PatientID^^^IssuerOfPatientID  -5 name (DICOM PN → XPN order)  -7 birth date  -8 sex
+    PV1  when a visit number is known (or the profile asks): -2 U, -19 visit number
+    ORC  -1 RE  -2 placer^  -3 filler^ECGCAD  -5 CM
+    OBR  -1 1  -2 placer  -3 filler  -4 service code  -7 acquisition time  -18 accession (profile)
+         -22 result time  -24 EC  -25 P | F | C (| X for not evaluated, by profile)
+    NTE  -2 L: disclaimer (demonstration model), model identity, intended use
+    per vessel (OBX-4 sub-ID 1 RCA, 2 LM, 3 LAD, 4 LCX):
+      OBX NM   <V>-PROB^<V> stenosis probability^99ECGCAD  -5 p  -6 1^^UCUM  -7 <threshold
+               -8 A (flagged) | N  -11 = OBR-25  -14 acquisition time  -19 result time
+      OBX CWE  <V>-RISK^<V> stenosis risk^99ECGCAD  -5 15508007^High risk^SCT | 75976002^Low risk^SCT
+    OBX CWE  ANY-FLAG^Any vessel flagged^99ECGCAD  -5 Y^Yes^HL70136 | N^No^HL70136  -8 A | N
+    [OBX ED  PDF^Report PDF^99ECGCAD  -5 ^AP^PDF^Base64^<data>]
+    not evaluated: instead of the vessel and overall OBX,
+      OBX CWE  NOT-EVAL^Reason not evaluated^99ECGCAD  -5 <code>^<text>^99ECGCAD  -8 IND
+               (-11 X and OBR-25 X when the profile's not_evaluated_mode is "X")
+
+The probability is a plain number in [0, 1] (UCUM ``1``), the threshold is the reference range
+``<t`` (values below it are not flagged). Local codes use the coding system ``99ECGCAD``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import re
+from typing import Literal
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+
+from ecgcad.errors import BuildError
+from ecgcad.integration.report import VESSELS, StenosisReportInput
+from ecgcad.logsetup import uid_hash
+
+logger = logging.getLogger(__name__)
+
+HL7_VERSION = "2.5.1"
+LOCAL_CODING_SYSTEM = "99ECGCAD"
+
+#: HL7 table 0078 (Interpretation codes / abnormal flags), v2.5.1.
+TABLE_0078 = frozenset("L H LL HH < > N A AA S R I MS VS NEG POS IND DET ND AC RR QCF TOX W U D B".split())
+#: HL7 table 0085 (Observation result status), v2.5.1.
+TABLE_0085 = frozenset("C D F I N O P R S U W X".split())
+#: HL7 table 0123 (Result status), v2.5.1.
+TABLE_0123 = frozenset("O I S A P C R F X Y Z".split())
+#: HL7 table 0125 (Value type) — the subset this validator understands.
+TABLE_0125 = frozenset(
+    "AD CE CF CK CN CP CWE CX DT DTM ED FT MO NM PN RP SN ST TM TN TS TX XAD XCN XON XPN XTN".split()
+)
+
+HIGH_RISK = ("15508007", "High risk", "SCT")
+LOW_RISK = ("75976002", "Low risk", "SCT")
+
+_NM_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_TS_RE = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,4})?)?)?)?)?)?([+-]\d{4})?$")
+_CONTROL_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,20}$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OruProfile:
+    """Site-specific placement choices of the ORU (configuration, not code).
+
+    Parameters
+    ----------
+    include_pv1:
+        Always send PV1 (otherwise only when a visit number is known).
+    service_code:
+        OBR-4 ``(identifier, text, coding system)``.
+    accession_field:
+        Where the accession number goes: ``"OBR-18"`` (placer field 1, default), ``"OBR-20"`` (filler
+        field 1) or ``None``.
+    not_evaluated_mode:
+        ``"IND"``: OBX-8 ``IND`` with the reason, statuses as usual; ``"X"``: additionally OBR-25 and
+        OBX-11 ``X`` ("results cannot be obtained").
+    accept_ack_type, application_ack_type:
+        MSH-15 / MSH-16 (``AL``, ``NE``, ``ER``, ``SU``) for enhanced acknowledgement mode; ``None``
+        = original mode.
+    """
+
+    include_pv1: bool = False
+    service_code: tuple[str, str, str] = ("ECGCAD-CAD4", "AI ECG coronary stenosis risk", LOCAL_CODING_SYSTEM)
+    accession_field: Literal["OBR-18", "OBR-20"] | None = "OBR-18"
+    not_evaluated_mode: Literal["IND", "X"] = "IND"
+    accept_ack_type: Literal["AL", "NE", "ER", "SU"] | None = None
+    application_ack_type: Literal["AL", "NE", "ER", "SU"] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.service_code) != 3 or not all(isinstance(p, str) and p for p in self.service_code):
+            raise BuildError("service_code must be (identifier, text, coding system)")
+        if self.accession_field not in ("OBR-18", "OBR-20", None):
+            raise BuildError(f"unknown accession_field {self.accession_field!r}")
+        if self.not_evaluated_mode not in ("IND", "X"):
+            raise BuildError(f"unknown not_evaluated_mode {self.not_evaluated_mode!r}")
+        for value in (self.accept_ack_type, self.application_ack_type):
+            if value not in (None, "AL", "NE", "ER", "SU"):
+                raise BuildError(f"unknown acknowledgement type {value!r}")
+
+
+def control_id_for(result_id: int, result_version: int, attempt: int) -> str:
+    """A unique MSH-10 for one delivery attempt of one result version (≤ 20 characters)."""
+    if min(result_id, result_version, attempt) < 0:
+        raise BuildError("control id parts must be non-negative")
+    cid = f"E{result_id}V{result_version}A{attempt}"
+    if len(cid) > 20:
+        raise BuildError("control id longer than 20 characters")
+    return cid
+
+
+def escape(text: str) -> str:
+    """Escape ER7 delimiters in free text (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``) and drop segment breaks."""
+    out = (
+        text.replace("\\", "\\E\\")
+        .replace("|", "\\F\\")
+        .replace("^", "\\S\\")
+        .replace("&", "\\T\\")
+        .replace("~", "\\R\\")
+    )
+    return out.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+
+
+def _components(*parts: str | None) -> str:
+    return "^".join(escape(p or "") for p in parts).rstrip("^")
+
+
+def _ts(when: dt.datetime | None) -> str:
+    if when is None:
+        return ""
+    text = when.strftime("%Y%m%d%H%M%S")
+    if when.tzinfo is not None:
+        text += when.strftime("%z")
+    return text
+
+
+def _nm(value: float) -> str:
+    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _xpn(dicom_name: str | None) -> str:
+    """DICOM PN ``family^given^middle^prefix^suffix`` → HL7 XPN ``family^given^middle^suffix^prefix``."""
+    if not dicom_name:
+        return ""
+    alphabetic = dicom_name.split("=")[0]
+    parts = (alphabetic.split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = parts
+    return _components(family, given, middle, suffix, prefix)
+
+
+def filler_order_number_for(inp: StenosisReportInput) -> str:
+    """The filler order number: copied when known, else ours, stable across result versions."""
+    if inp.effective_filler_order_number:
+        return inp.effective_filler_order_number
+    return "ECG" + hashlib.sha256(inp.uid_source_key.encode("utf-8")).hexdigest()[:16].upper()
+
+
+def build_oru(
+    inp: StenosisReportInput,
+    *,
+    control_id: str,
+    result_status: Literal["P", "F", "C"] = "P",
+    sending_application: str = "ECGCAD",
+    sending_facility: str = "",
+    receiving_application: str = "",
+    receiving_facility: str = "",
+    profile: OruProfile | None = None,
+    include_pdf: bytes | None = None,
+    message_time: dt.datetime | None = None,
+    processing_id: Literal["P", "T", "D"] = "P",
+) -> bytes:
+    """Build the ORU^R01 (v2.5.1) of one stenosis result.
+
+    Parameters
+    ----------
+    inp:
+        The validated report input.
+    control_id:
+        MSH-10, unique per delivery attempt (see :func:`control_id_for`); 1–20 characters
+        ``[A-Za-z0-9._-]``.
+    result_status:
+        OBR-25 / OBX-11: ``P`` preliminary (default), ``F`` final, ``C`` correction. A corrected result
+        (``result_version > 1``) must be sent with ``C``.
+    sending_application, sending_facility, receiving_application, receiving_facility:
+        MSH-3 … MSH-6 (namespace ids).
+    profile:
+        Site profile (field placement); ``None`` = :class:`OruProfile` defaults.
+    include_pdf:
+        The report PDF to embed as an ``ED`` OBX, or ``None``.
+    message_time:
+        MSH-7; ``None`` = now (UTC offset included).
+    processing_id:
+        MSH-11 (``P`` production, ``T`` training, ``D`` debugging).
+
+    Returns
+    -------
+    bytes
+        The message, UTF-8, segments separated by ``\\r`` (no MLLP framing).
+
+    Raises
+    ------
+    BuildError
+        A bad argument, or the built message fails hl7apy's structure validation or
+        :func:`validate_oru`.
+    """
+    profile = profile or OruProfile()
+    if not _CONTROL_ID_RE.match(control_id or ""):
+        raise BuildError("control_id must be 1–20 characters [A-Za-z0-9._-]")
+    if result_status not in ("P", "F", "C"):
+        raise BuildError(f"result_status must be P, F or C, got {result_status!r}")
+    if inp.result_version > 1 and result_status != "C":
+        raise BuildError("a corrected result (result_version > 1) is sent with result status C")
+    if include_pdf is not None and not bytes(include_pdf).startswith(b"%PDF-"):
+        raise BuildError("include_pdf is not a PDF document")
+    ident = inp.identifiers
+    if not ident.patient_id:
+        raise BuildError("the ORU needs a Patient ID (PID-3)")
+    not_evaluated_x = not inp.scorable and profile.not_evaluated_mode == "X"
+    obr_status = "X" if not_evaluated_x else result_status
+    obx_status = obr_status
+    now = message_time or dt.datetime.now().astimezone()
+
+    msg = Message("ORU_R01", version=HL7_VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
+    msh = msg.msh
+    msh.msh_3 = escape(sending_application)
+    if sending_facility:
+        msh.msh_4 = escape(sending_facility)
+    if receiving_application:
+        msh.msh_5 = escape(receiving_application)
+    if receiving_facility:
+        msh.msh_6 = escape(receiving_facility)
+    msh.msh_7 = _ts(now)
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = control_id
+    msh.msh_11 = processing_id
+    msh.msh_12 = HL7_VERSION
+    if profile.accept_ack_type:
+        msh.msh_15 = profile.accept_ack_type
+    if profile.application_ack_type:
+        msh.msh_16 = profile.application_ack_type
+    msh.msh_18 = "UNICODE UTF-8"
+
+    result = msg.add_group("ORU_R01_PATIENT_RESULT")
+    patient = result.add_group("ORU_R01_PATIENT")
+    pid = patient.pid
+    pid.pid_1 = "1"
+    pid.pid_3 = _components(ident.patient_id, None, None, ident.issuer_of_patient_id)
+    pid.pid_5 = _xpn(ident.patient_name) or '""'
+    if ident.patient_birth_date:
+        pid.pid_7 = escape(ident.patient_birth_date)
+    if ident.patient_sex:
+        pid.pid_8 = escape(ident.patient_sex)
+    if ident.visit_number or profile.include_pv1:
+        visit = patient.add_group("ORU_R01_VISIT")
+        visit.pv1.pv1_1 = "1"
+        visit.pv1.pv1_2 = "U"
+        if ident.visit_number:
+            visit.pv1.pv1_19 = escape(ident.visit_number)
+
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    placer = inp.effective_placer_order_number
+    filler = filler_order_number_for(inp)
+    filler_ei = _components(filler, "ECGCAD") if not inp.effective_filler_order_number else escape(filler)
+    orc = order.orc
+    orc.orc_1 = "RE"
+    if placer:
+        orc.orc_2 = escape(placer)
+    orc.orc_3 = filler_ei
+    orc.orc_5 = "CM"
+    obr = order.obr
+    obr.obr_1 = "1"
+    if placer:
+        obr.obr_2 = escape(placer)
+    obr.obr_3 = filler_ei
+    obr.obr_4 = _components(*profile.service_code)
+    if ident.acquisition_datetime:
+        obr.obr_7 = _ts(ident.acquisition_datetime)
+    accession = inp.effective_accession_number
+    if accession and profile.accession_field == "OBR-18":
+        obr.obr_18 = escape(accession)
+    elif accession and profile.accession_field == "OBR-20":
+        obr.obr_20 = escape(accession)
+    obr.obr_22 = _ts(inp.result_time)
+    obr.obr_24 = "EC"
+    obr.obr_25 = obr_status
+
+    notes = []
+    if inp.disclaimer:
+        notes.append(inp.disclaimer)
+    notes.append(
+        f"Model {inp.model_name} version {inp.model_version}, checkpoint SHA-256 {inp.checkpoint_sha256}; "
+        f"window policy {inp.window_policy}; preliminary, unverified machine result"
+    )
+    notes.append("Intended use: " + inp.intended_use)
+    for i, note in enumerate(notes, start=1):
+        nte = order.add_segment("NTE")
+        nte.nte_1 = str(i)
+        nte.nte_2 = "L"
+        nte.nte_3 = escape(note)
+
+    observations: list[dict[str, str]] = []
+    common = {"14": _ts(ident.acquisition_datetime), "19": _ts(inp.result_time)}
+    if inp.scorable:
+        for sub_id, vessel in enumerate(VESSELS, start=1):
+            name = vessel.upper()
+            flag = "A" if inp.flags[vessel] else "N"
+            observations.append(
+                {
+                    "2": "NM",
+                    "3": _components(f"{name}-PROB", f"{name} stenosis probability", LOCAL_CODING_SYSTEM),
+                    "4": str(sub_id),
+                    "5": _nm(inp.probabilities[vessel]),
+                    "6": "1^^UCUM",
+                    "7": "<" + _nm(inp.thresholds[vessel]),
+                    "8": flag,
+                    **common,
+                }
+            )
+            band = HIGH_RISK if inp.flags[vessel] else LOW_RISK
+            observations.append(
+                {
+                    "2": "CWE",
+                    "3": _components(f"{name}-RISK", f"{name} stenosis risk", LOCAL_CODING_SYSTEM),
+                    "4": str(sub_id),
+                    "5": _components(*band),
+                    "8": flag,
+                    **common,
+                }
+            )
+        any_flag = inp.any_flagged
+        observations.append(
+            {
+                "2": "CWE",
+                "3": _components("ANY-FLAG", "Any vessel flagged", LOCAL_CODING_SYSTEM),
+                "5": _components(*(("Y", "Yes", "HL70136") if any_flag else ("N", "No", "HL70136"))),
+                "8": "A" if any_flag else "N",
+                **common,
+            }
+        )
+    else:
+        assert inp.not_evaluated_reason is not None
+        code, text = inp.not_evaluated_reason
+        observations.append(
+            {
+                "2": "CWE",
+                "3": _components("NOT-EVAL", "Reason not evaluated", LOCAL_CODING_SYSTEM),
+                "5": _components(code, text, LOCAL_CODING_SYSTEM),
+                "8": "IND",
+                **common,
+            }
+        )
+    if include_pdf is not None:
+        observations.append(
+            {
+                "2": "ED",
+                "3": _components("PDF", "Report PDF", LOCAL_CODING_SYSTEM),
+                "5": "^AP^PDF^Base64^" + base64.b64encode(bytes(include_pdf)).decode("ascii"),
+                **common,
+            }
+        )
+    for set_id, fields in enumerate(observations, start=1):
+        obx = order.add_group("ORU_R01_OBSERVATION").obx
+        obx.obx_1 = str(set_id)
+        for number, value in fields.items():
+            if value:
+                setattr(obx, f"obx_{number}", value)
+        obx.obx_11 = obx_status
+
+    er7 = msg.to_er7()
+    if not er7.endswith("\r"):
+        er7 += "\r"
+    data = er7.encode("utf-8")
+    problems = validate_oru(data)
+    if problems:
+        raise BuildError("built ORU is invalid: " + "; ".join(problems))
+    logger.info(
+        "built ORU msh10=%s source=%s status=%s evaluated=%s pdf=%s",
+        control_id,
+        uid_hash(inp.uid_source_key),
+        obr_status,
+        inp.scorable,
+        include_pdf is not None,
+    )
+    return data
+
+
+# -- validation -----------------------------------------------------------------------------------------
+
+
+def validate_oru(message: bytes) -> list[str]:
+    """Check an ORU^R01 for what hl7apy does not: tables, OBX-5 against OBX-2, required fields.
+
+    Checks: MSH-9 ``ORU^R01^ORU_R01``, MSH-10, MSH-12 ``2.5.1``; the segment order MSH, PID, [PV1],
+    ORC, OBR, NTE*, (OBX, NTE*)* (hl7apy structure validation); PID-3; ORC-1 ``RE``; OBR-4; OBR-25 in
+    table 0123; OBX-2 in table 0125, OBX-3 present, OBX-5 valued and valid for OBX-2 (``NM`` a number,
+    ``CWE``/``CE`` an identifier or text, ``ED`` five components with valid Base64, ``TS``/``DTM`` a
+    timestamp), OBX-8 in table 0078, OBX-11 required and in table 0085 and equal to OBR-25 (or ``X``).
+
+    Parameters
+    ----------
+    message:
+        ER7 bytes (UTF-8), segments ended by ``\\r`` (``\\n`` tolerated).
+
+    Returns
+    -------
+    list[str]
+        Problems found, empty when the message passes.
+    """
+    problems: list[str] = []
+    try:
+        text = message.decode("utf-8")
+    except UnicodeDecodeError:
+        return ["message is not UTF-8"]
+    segments = [s for s in re.split(r"\r\n|\r|\n", text) if s.strip()]
+    if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
+        return ["message does not start with MSH"]
+    field_sep = segments[0][3]
+    comp_sep = segments[0][4]
+    parsed: list[tuple[str, list[str]]] = []
+    for seg in segments:
+        fields = seg.split(field_sep)
+        if seg.startswith("MSH"):
+            fields = ["MSH", field_sep, *fields[1:]]
+        parsed.append((fields[0], fields))
+
+    def get(fields: list[str], n: int) -> str:
+        return fields[n] if len(fields) > n else ""
+
+    msh = parsed[0][1]
+    if get(msh, 9) != f"ORU{comp_sep}R01{comp_sep}ORU_R01":
+        problems.append(f"MSH-9 must be ORU^R01^ORU_R01, got {get(msh, 9)!r}")
+    if not get(msh, 10):
+        problems.append("MSH-10 (message control id) is empty")
+    if not get(msh, 7):
+        problems.append("MSH-7 (message time) is empty")
+    if get(msh, 12).split(comp_sep)[0] != HL7_VERSION:
+        problems.append(f"MSH-12 must be {HL7_VERSION}, got {get(msh, 12)!r}")
+    problems.extend(_structure_problems(text.replace("\n", "\r")))
+
+    names = [name for name, _ in parsed]
+    for required in ("PID", "ORC", "OBR"):
+        if required not in names:
+            problems.append(f"missing {required} segment")
+    obr_status = ""
+    for name, fields in parsed:
+        if name == "PID" and not get(fields, 3).split(comp_sep)[0]:
+            problems.append("PID-3 (patient identifier) is empty")
+        elif name == "ORC" and get(fields, 1) != "RE":
+            problems.append(f"ORC-1 must be RE, got {get(fields, 1)!r}")
+        elif name == "OBR":
+            if not get(fields, 4):
+                problems.append("OBR-4 (universal service identifier) is empty")
+            obr_status = get(fields, 25)
+            if obr_status not in TABLE_0123:
+                problems.append(f"OBR-25 {obr_status!r} is not in table 0123")
+        elif name == "OBX":
+            problems.extend(_obx_problems(fields, comp_sep, obr_status))
+    if "OBX" not in names:
+        problems.append("no OBX segment")
+    return problems
+
+
+def _structure_problems(er7: str) -> list[str]:
+    from hl7apy.exceptions import HL7apyException
+    from hl7apy.parser import parse_message
+
+    try:
+        msg = parse_message(er7, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=True)
+        msg.validate()
+    except HL7apyException as exc:
+        return [f"hl7apy structure: {exc}"]
+    except Exception as exc:  # noqa: BLE001 - hl7apy raises plain errors on some malformed input
+        return [f"hl7apy could not parse the message: {type(exc).__name__}: {exc}"]
+    return []
+
+
+def _obx_problems(fields: list[str], comp_sep: str, obr_status: str) -> list[str]:
+    def get(n: int) -> str:
+        return fields[n] if len(fields) > n else ""
+
+    where = f"OBX {get(1) or '?'}"
+    problems = []
+    value_type, value = get(2), get(5)
+    if value_type not in TABLE_0125:
+        problems.append(f"{where}: OBX-2 {value_type!r} is not in table 0125")
+    if not get(3):
+        problems.append(f"{where}: OBX-3 (observation identifier) is empty")
+    status = get(11)
+    if not status:
+        problems.append(f"{where}: OBX-11 (result status) is required")
+    elif status not in TABLE_0085:
+        problems.append(f"{where}: OBX-11 {status!r} is not in table 0085")
+    elif obr_status and status not in (obr_status, "X"):
+        problems.append(f"{where}: OBX-11 {status!r} does not match OBR-25 {obr_status!r}")
+    for flag in get(8).split("~"):
+        if flag and flag not in TABLE_0078:
+            problems.append(f"{where}: OBX-8 {flag!r} is not in table 0078")
+    if not value:
+        if status not in ("X", "D"):
+            problems.append(f"{where}: OBX-5 is empty")
+        return problems
+    components = value.split(comp_sep)
+    if value_type == "NM" and not _NM_RE.match(value):
+        problems.append(f"{where}: OBX-5 {value!r} is not a number (OBX-2 NM)")
+    elif value_type in ("CWE", "CE") and not (components[0] or (len(components) > 1 and components[1])):
+        problems.append(f"{where}: OBX-5 has neither identifier nor text (OBX-2 {value_type})")
+    elif value_type == "ED":
+        if len(components) != 5 or components[3] not in ("Base64", "Hex", "A"):
+            problems.append(f"{where}: OBX-5 is not source^type^subtype^encoding^data (OBX-2 ED)")
+        elif components[3] == "Base64":
+            try:
+                base64.b64decode(components[4], validate=True)
+            except (binascii.Error, ValueError):
+                problems.append(f"{where}: OBX-5 data is not valid Base64")
+    elif value_type in ("TS", "DTM", "DT") and not _TS_RE.match(components[0]):
+        problems.append(f"{where}: OBX-5 {value!r} is not a timestamp (OBX-2 {value_type})")
+    return problems
