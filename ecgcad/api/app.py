@@ -1,0 +1,60 @@
+"""The FastAPI application: health, readiness and metrics (the admin API and dashboard mount here too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from ecgcad import __version__
+
+
+def readiness(ctx: Any) -> tuple[bool, dict[str, Any]]:
+    """Readiness checks: database, listeners bound, worker alive, model loaded, destinations' last state."""
+    checks: dict[str, Any] = {"database": ctx.db.ping()}
+    for name in ("dicom", "hl7", "worker", "scheduler"):
+        comp = ctx.components.get(name)
+        if comp is not None:
+            checks[name] = bool(getattr(comp, "alive", True))
+    checks["model_loaded"] = ctx.predictor_loaded
+    try:
+        from ecgcad.pipeline.status import destination_states
+
+        checks["destinations"] = destination_states(ctx)
+    except ModuleNotFoundError:
+        pass
+    essential = [v for k, v in checks.items() if k in ("database", "dicom", "hl7", "worker")]
+    return all(essential), checks
+
+
+def create_app(ctx: Any) -> FastAPI:
+    """Build the app around an :class:`~ecgcad.context.AppContext`."""
+    app = FastAPI(title="ecgcad", version=__version__, description="ECG coronary stenosis risk service API")
+    app.state.ctx = ctx
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """Ready to take work: database reachable, listeners bound, worker alive, model state."""
+        ok, checks = readiness(ctx)
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        """Prometheus text format."""
+        from ecgcad.api.metrics import render_metrics
+
+        return PlainTextResponse(render_metrics(ctx), media_type="text/plain; version=0.0.4")
+
+    try:
+        from ecgcad.api.routes import include_routes
+    except ModuleNotFoundError:
+        pass
+    else:
+        include_routes(app, ctx)
+    return app

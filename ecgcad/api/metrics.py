@@ -1,0 +1,66 @@
+"""Prometheus metrics rendered from the database and in-process counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ecgcad.db.models import Delivery, EcgRecord, Result, SourceObject
+
+
+def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{str(v).replace(chr(34), "")}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{inner}}} {value}"
+    return f"{name} {value}"
+
+
+def render_metrics(ctx: Any) -> str:
+    """The metrics page."""
+    out: list[str] = []
+    with ctx.db.session() as s:
+        out.append("# TYPE ecgcad_received_total counter")
+        for kind, n in s.execute(select(SourceObject.kind, func.count()).group_by(SourceObject.kind)):
+            out.append(_line("ecgcad_received_total", n, {"source": kind}))
+        out.append("# TYPE ecgcad_ecgs_total gauge")
+        for fmt, state, n in s.execute(
+            select(EcgRecord.format, EcgRecord.state, func.count()).group_by(
+                EcgRecord.format, EcgRecord.state
+            )
+        ):
+            out.append(_line("ecgcad_ecgs_total", n, {"format": fmt or "unknown", "state": state}))
+        out.append("# TYPE ecgcad_not_evaluated_total gauge")
+        for reason, n in s.execute(
+            select(Result.reason_code, func.count())
+            .where(Result.scorable.is_(False))
+            .group_by(Result.reason_code)
+        ):
+            out.append(_line("ecgcad_not_evaluated_total", n, {"reason": reason or "unknown"}))
+        out.append("# TYPE ecgcad_scored_total gauge")
+        out.append(
+            _line(
+                "ecgcad_scored_total",
+                s.execute(select(func.count()).where(Result.scorable.is_(True))).scalar_one(),
+            )
+        )
+        out.append("# TYPE ecgcad_deliveries_total gauge")
+        for dest, state, n in s.execute(
+            select(Delivery.destination, Delivery.state, func.count()).group_by(
+                Delivery.destination, Delivery.state
+            )
+        ):
+            out.append(_line("ecgcad_deliveries_total", n, {"destination": dest, "state": state}))
+    out.append("# TYPE ecgcad_queue_jobs gauge")
+    for state, n in ctx.queue.counts().items():
+        out.append(_line("ecgcad_queue_jobs", n, {"state": state}))
+    age = ctx.queue.oldest_waiting_age_s()
+    out.append("# TYPE ecgcad_queue_oldest_age_seconds gauge")
+    out.append(_line("ecgcad_queue_oldest_age_seconds", age or 0.0))
+    try:
+        from ecgcad.pipeline.telemetry import TELEMETRY
+
+        out.extend(TELEMETRY.render())
+    except ModuleNotFoundError:
+        pass
+    return "\n".join(out) + "\n"

@@ -1,0 +1,81 @@
+"""The application context: settings plus the shared resources built from them once per process."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+from ecgcad.config import Settings
+from ecgcad.db.objects import ObjectStore
+from ecgcad.db.session import Database
+from ecgcad.jobs.queue import BackoffPolicy, JobQueue, SqlJobQueue
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class AppContext:
+    """Everything a component needs: settings, database, object store, queue, ingestor, predictor.
+
+    Build it with :meth:`from_settings`. ``predictor`` is loaded lazily (``get_predictor``) so that
+    listener-only processes never import torch.
+    """
+
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    queue: JobQueue
+    ingestor: Any
+    components: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _predictor: Any = None
+    _predictor_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, queue: JobQueue | None = None) -> AppContext:
+        """Create the database engine, object store, queue and ingestor from ``settings``."""
+        from ecgcad.pipeline.ingest import Ingestor
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database.from_settings(settings)
+        store = ObjectStore(
+            settings.data_dir / "objects", min_free_bytes=settings.queue.min_free_disk_mb * 1024 * 1024
+        )
+        q = queue or make_queue(settings, db)
+        ingestor = Ingestor(db, store, q, max_depth=settings.queue.max_depth)
+        return cls(settings=settings, db=db, store=store, queue=q, ingestor=ingestor)
+
+    def get_predictor(self) -> Any:
+        """The scoring model (loaded once, kept resident)."""
+        with self._predictor_lock:
+            if self._predictor is None:
+                from ecgcad.model import default_predictor
+
+                self._predictor = default_predictor(self.settings)
+            return self._predictor
+
+    def set_predictor(self, predictor: Any) -> None:
+        """Use ``predictor`` instead of loading one (tests, shadow models)."""
+        with self._predictor_lock:
+            self._predictor = predictor
+
+    @property
+    def predictor_loaded(self) -> bool:
+        """True once a predictor is resident."""
+        return self._predictor is not None
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.db.dispose()
+
+
+def make_queue(settings: Settings, db: Database) -> JobQueue:
+    """The queue engine for ``settings`` (the SQL engine; procrastinate on PostgreSQL when configured)."""
+    q = settings.queue
+    return SqlJobQueue(
+        db,
+        lease_s=q.lease_s,
+        max_attempts=q.max_attempts,
+        backoff=BackoffPolicy(base_s=q.backoff_base_s, maximum_s=q.backoff_max_s),
+    )

@@ -1,0 +1,326 @@
+"""Scoring jobs: decode → gate → 10-s canonical window → one batched forward pass → Result rows.
+
+``score`` jobs (payload ``{"ecg_id"}``) arrive in micro-batches. Each ECG is decoded again from its stored
+raw object (payloads carry ids, never waveforms), checked by the quality and intended-use gate, and the
+scorable ones go through the predictor together. Each ECG's Result, its Delivery rows and their ``deliver``
+jobs are committed in one transaction per ECG. A re-run (after a crash between commit and ``done``) finds
+the Result already there and only makes sure the deliveries exist: one result per ECG and model version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ecgcad.db import audit
+from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, SourceObject
+from ecgcad.errors import DecodeError, NotScorableError
+from ecgcad.jobs.queue import ClaimedJob
+from ecgcad.logsetup import uid_hash
+
+logger = logging.getLogger(__name__)
+
+VESSELS = ("rca", "lm", "lad", "lcx")
+
+
+@dataclasses.dataclass
+class _Prepared:
+    job: ClaimedJob
+    ecg_id: int
+    signal: np.ndarray | None = None
+    window: dict[str, Any] | None = None
+    reason: tuple[str, str] | None = None
+    gate: dict[str, Any] | None = None
+    identifiers_update: dict[str, Any] | None = None
+
+
+def ensure_model_version(session: Session, predictor: Any, *, role: str = "active") -> ModelVersion:
+    """The ModelVersion row of ``predictor`` (created on first use)."""
+    mv = session.execute(
+        select(ModelVersion).where(ModelVersion.version == predictor.model_version)
+    ).scalar_one_or_none()
+    if mv is None:
+        mv = ModelVersion(
+            name=predictor.model_name,
+            version=predictor.model_version,
+            checkpoint_sha256=predictor.checkpoint_sha256,
+            checkpoint_path=getattr(predictor, "checkpoint_path", None),
+            demonstration=bool(predictor.demonstration),
+            role=role,
+            model_metadata=_jsonable(getattr(predictor, "metadata", None)),
+        )
+        session.add(mv)
+        session.flush()
+    return mv
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return None
+
+
+def prepare(ctx: Any, session: Session, ecg: EcgRecord) -> _Prepared:
+    """Decode, gate and window one ECG; a failure becomes a coded not-evaluated reason."""
+    from ecgcad.integration.gate import check
+    from ecgcad.integration.readers import decode
+    from ecgcad.integration.signal import canonical_window
+
+    prep = _Prepared(job=None, ecg_id=ecg.id)  # type: ignore[arg-type]
+    if ecg.decode_status == "failed":
+        prep.reason = ("decode_failed", ecg.decode_reason or "the ECG could not be decoded")
+        return prep
+    source = session.get(SourceObject, ecg.source_object_id)
+    try:
+        if source is None or source.deleted_at is not None:
+            raise DecodeError("the raw object is no longer stored")
+        decoded = decode(ctx.store.get(source.sha256))
+    except DecodeError as exc:
+        prep.reason = ("decode_failed", str(exc))
+        return prep
+    verdict = check(decoded, ctx.settings.gate)
+    prep.gate = verdict.to_dict()
+    if not verdict.scorable:
+        first = verdict.reasons[0]
+        prep.reason = (first.code, "; ".join(r.text for r in verdict.reasons))
+        return prep
+    try:
+        window = canonical_window(decoded, ctx.settings.gate.window_policy)
+    except NotScorableError as exc:
+        prep.reason = ("too_short", str(exc))
+        return prep
+    prep.signal = np.nan_to_num(np.asarray(window.signal, dtype=np.float32), nan=0.0)
+    prep.window = {
+        "policy": window.policy,
+        "start_s": float(window.start_s),
+        "source_rate": float(window.source_rate),
+        "resampled": bool(window.resampled),
+    }
+    return prep
+
+
+def create_deliveries(ctx: Any, session: Session, result: Result) -> list[int]:
+    """Delivery rows (and their jobs) for every enabled destination and object kind; idempotent."""
+    created: list[int] = []
+    if result.shadow:
+        return created
+    for dest in ctx.settings.destinations:
+        if not dest.enabled:
+            continue
+        for kind in dest.send:
+            if kind == "oru" and dest.kind != "hl7":
+                continue
+            if kind in ("sr", "pdf") and dest.kind != "dicom":
+                continue
+            existing = session.execute(
+                select(Delivery).where(
+                    Delivery.result_id == result.id,
+                    Delivery.destination == dest.name,
+                    Delivery.object_kind == kind,
+                )
+            ).scalar_one_or_none()
+            if existing is None:
+                existing = Delivery(
+                    result_id=result.id, destination=dest.name, object_kind=kind, state="pending"
+                )
+                session.add(existing)
+                session.flush()
+                created.append(existing.id)
+            ctx.queue.defer(
+                session,
+                "deliver",
+                {"delivery_id": existing.id},
+                dedupe_key=f"deliver:{existing.id}:0",
+                max_attempts=dest.max_attempts,
+            )
+    return created
+
+
+def _store_result(
+    ctx: Any,
+    session: Session,
+    prep: _Prepared,
+    predictor: Any,
+    prediction: Any | None,
+    *,
+    shadow: bool = False,
+) -> Result | None:
+    ecg = session.get(EcgRecord, prep.ecg_id)
+    if ecg is None:
+        return None
+    mv = ensure_model_version(session, predictor, role="shadow" if shadow else "active")
+    existing = (
+        session.execute(
+            select(Result)
+            .where(Result.ecg_id == ecg.id, Result.model_version_id == mv.id)
+            .order_by(Result.result_version.desc())
+        )
+        .scalars()
+        .first()
+    )
+    if existing is not None:
+        if not shadow:
+            create_deliveries(ctx, session, existing)
+        return existing
+    thresholds = ctx.settings.thresholds.as_dict()
+    result = Result(
+        ecg_id=ecg.id,
+        model_version_id=mv.id,
+        result_version=1,
+        shadow=shadow,
+        scorable=prediction is not None,
+        model_name=predictor.model_name,
+        model_version=predictor.model_version,
+        checkpoint_sha256=predictor.checkpoint_sha256,
+        demonstration=bool(predictor.demonstration),
+        preprocessing=_jsonable(predictor.preprocessing),
+        thresholds=thresholds,
+        window=prep.window,
+    )
+    if prediction is None:
+        assert prep.reason is not None
+        result.reason_code, result.reason_text = prep.reason
+    else:
+        probs = {v: float(prediction.probabilities[v]) for v in VESSELS}
+        flags = {v: bool(prediction.flags[v]) for v in VESSELS}
+        result.p_rca, result.p_lm, result.p_lad, result.p_lcx = (probs[v] for v in VESSELS)
+        result.flag_rca, result.flag_lm, result.flag_lad, result.flag_lcx = (flags[v] for v in VESSELS)
+        result.any_flagged = any(flags.values())
+        result.risk_bands = _jsonable(getattr(prediction, "risk_bands", None))
+    session.add(result)
+    session.flush()
+    if not shadow:
+        ecg.state = "scored" if result.scorable else "not_evaluated"
+        ecg.gate_status = "scorable" if result.scorable else "not_evaluated"
+        if prep.gate is not None:
+            ecg.gate_reasons = _jsonable(prep.gate.get("reasons"))
+        create_deliveries(ctx, session, result)
+        audit.record(
+            session,
+            "ecg.scored" if result.scorable else "ecg.not_evaluated",
+            patient_id=ecg.patient_id,
+            issuer_of_patient_id=ecg.issuer_of_patient_id,
+            study_instance_uid=ecg.study_instance_uid,
+            sop_instance_uid=ecg.sop_instance_uid,
+            ecg_id=ecg.id,
+            detail={
+                "result_id": result.id,
+                "model_version": result.model_version,
+                "any_flagged": result.any_flagged,
+                "reason_code": result.reason_code,
+            },
+        )
+    return result
+
+
+def make_score_handler(ctx: Any) -> Any:
+    """The worker handler for ``score`` micro-batches."""
+
+    def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException | None]:
+        from ecgcad.pipeline.telemetry import TELEMETRY
+
+        failures: dict[int, BaseException | None] = {}
+        preps: list[_Prepared] = []
+        with ctx.db.session() as session:
+            for job in jobs:
+                ecg = session.get(EcgRecord, int(job.payload["ecg_id"]))
+                if ecg is None:
+                    continue  # deleted: nothing to do
+                try:
+                    prep = prepare(ctx, session, ecg)
+                except Exception as exc:  # noqa: BLE001 - one bad ECG must not sink the batch
+                    logger.exception("preparing ecg %s failed", ecg.id)
+                    failures[job.id] = exc
+                    continue
+                prep.job = job
+                preps.append(prep)
+        predictor = ctx.get_predictor()
+        scorable = [p for p in preps if p.signal is not None]
+        predictions: dict[int, Any] = {}
+        if scorable:
+            t0 = time.perf_counter()
+            out = predictor.predict(np.stack([p.signal for p in scorable]))
+            TELEMETRY.observe_inference(time.perf_counter() - t0, len(scorable))
+            predictions = {p.ecg_id: pred for p, pred in zip(scorable, out, strict=True)}
+        shadow = getattr(ctx, "shadow_predictor", None)
+        shadow_out: dict[int, Any] = {}
+        if shadow is not None and scorable:
+            try:
+                shadow_out = {
+                    p.ecg_id: pred
+                    for p, pred in zip(
+                        scorable, shadow.predict(np.stack([p.signal for p in scorable])), strict=True
+                    )
+                }
+            except Exception:  # noqa: BLE001 - a shadow model never affects live results
+                logger.exception("shadow model failed")
+        for prep in preps:
+            try:
+                with ctx.db.session() as session:
+                    result = _store_result(ctx, session, prep, predictor, predictions.get(prep.ecg_id))
+                    if prep.ecg_id in shadow_out:
+                        _store_result(ctx, session, prep, shadow, shadow_out[prep.ecg_id], shadow=True)
+                TELEMETRY.count_result(result)
+                logger.info(
+                    "ecg %s %s (job %s, model %s)",
+                    prep.ecg_id,
+                    "scored"
+                    if prep.signal is not None
+                    else f"not evaluated: {prep.reason[0] if prep.reason else '?'}",
+                    prep.job.id,
+                    predictor.model_version,
+                )
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("storing the result of ecg %s failed", prep.ecg_id)
+                failures[prep.job.id] = exc
+        return failures
+
+    return handle
+
+
+def make_decode_handler(ctx: Any) -> Any:
+    """The worker handler for ``decode`` jobs (files dropped or ingested by the CLI / PACS poll)."""
+
+    def handle(jobs: list[ClaimedJob]) -> None:
+        from ecgcad.integration.readers import decode
+        from ecgcad.pipeline.ingest import ecg_row_from
+
+        for job in jobs:
+            source_id = int(job.payload["source_object_id"])
+            with ctx.db.session() as session:
+                existing = session.execute(
+                    select(EcgRecord).where(EcgRecord.source_object_id == source_id)
+                ).scalar_one_or_none()
+                if existing is not None:
+                    ctx.queue.defer(
+                        session, "score", {"ecg_id": existing.id}, dedupe_key=f"score:ecg:{existing.id}"
+                    )
+                    continue
+                source = session.get(SourceObject, source_id)
+                if source is None:
+                    continue
+                try:
+                    ecg = decode(ctx.store.get(source.sha256))
+                    row = ecg_row_from(ecg, source_id)
+                except DecodeError as exc:
+                    row = ecg_row_from(None, source_id)
+                    row.decode_status = "failed"
+                    row.decode_reason = str(exc)
+                session.add(row)
+                session.flush()
+                ctx.queue.defer(session, "score", {"ecg_id": row.id}, dedupe_key=f"score:ecg:{row.id}")
+                logger.info(
+                    "decoded source %s (sop#%s) as ecg %s", source_id, uid_hash(row.sop_instance_uid), row.id
+                )
+        return None
+
+    return handle

@@ -1,0 +1,173 @@
+"""``ecgcad serve``: runs the components of one process and stops them cleanly.
+
+Roles: ``listeners`` (DICOM SCP + HL7 MLLP server), ``api`` (FastAPI admin API, dashboard, health, metrics),
+``worker`` (the in-process queue worker), ``scheduler`` (APScheduler: each scheduled job only enqueues).
+``all`` (the embedded default) runs every role. On SIGTERM/SIGINT the listeners stop accepting first, then
+the worker finishes its in-flight batch (unfinished claims stay claimable), then the rest stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from ecgcad import __version__
+from ecgcad.config import Settings
+from ecgcad.context import AppContext
+from ecgcad.errors import ConfigurationError, StorageError
+
+logger = logging.getLogger(__name__)
+
+ALL_ROLES = ("listeners", "api", "worker", "scheduler")
+
+
+def ensure_schema(settings: Settings) -> None:
+    """Embedded mode migrates on start; on PostgreSQL the schema must already be at head (``ecgcad migrate``)."""
+    from ecgcad.db.migrate import current_revision, head_revision, upgrade
+    from ecgcad.db.session import make_engine
+
+    if settings.is_embedded:
+        upgrade(settings)
+        return
+    engine = make_engine(settings.effective_database_url)
+    try:
+        current = current_revision(engine)
+    except Exception as exc:  # noqa: BLE001
+        raise StorageError(f"database unreachable: {exc}") from exc
+    finally:
+        engine.dispose()
+    if current != head_revision():
+        raise StorageError(
+            f"database schema is at {current}, expected {head_revision()}: run `ecgcad migrate`"
+        )
+
+
+class Service:
+    """The components of one ``ecgcad serve`` process.
+
+    Parameters
+    ----------
+    settings:
+        Effective settings.
+    roles:
+        Subset of :data:`ALL_ROLES` (``{"all"}`` = every role).
+    ctx:
+        A prepared context (tests); built from ``settings`` when omitted.
+    """
+
+    def __init__(
+        self, settings: Settings, roles: set[str] | None = None, ctx: AppContext | None = None
+    ) -> None:
+        roles = set(roles or {"all"})
+        if "all" in roles:
+            roles = set(ALL_ROLES)
+        unknown = roles - set(ALL_ROLES)
+        if unknown:
+            raise ConfigurationError(f"unknown role(s): {', '.join(sorted(unknown))}")
+        self.settings = settings
+        self.roles = roles
+        self.ctx = ctx
+        self._stopped = threading.Event()
+        self._started: list[tuple[str, Any]] = []
+        self._stop_requested = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> AppContext:
+        """Start every component of the configured roles; return the context."""
+        ensure_schema(self.settings)
+        if self.ctx is None:
+            self.ctx = AppContext.from_settings(self.settings)
+        ctx = self.ctx
+        if not self.settings.dicom.allowed_calling_aets and "listeners" in self.roles:
+            logger.warning("dicom.allowed_calling_aets is empty: any calling AE may store to this service")
+        if "worker" in self.roles:
+            from ecgcad.jobs.worker import Worker
+            from ecgcad.pipeline.handlers import register_handlers
+
+            worker = Worker(ctx.queue)
+            register_handlers(ctx, worker)
+            ctx.ingestor.on_enqueue = worker.wake
+            self._start("worker", worker, f"kinds={','.join(worker.kinds)}")
+        if "scheduler" in self.roles:
+            from ecgcad.jobs.schedule import build_scheduler
+
+            self._start("scheduler", build_scheduler(ctx), "APScheduler")
+        if "listeners" in self.roles:
+            for name, module, cls in (
+                ("dicom", "ecgcad.listeners.dicom_scp", "DicomScp"),
+                ("hl7", "ecgcad.listeners.hl7_server", "Hl7Server"),
+            ):
+                component = _load_component(module, cls, ctx)
+                if component is not None:
+                    self._start(name, component)
+        if "api" in self.roles and self.settings.api.enabled:
+            from ecgcad.api.server import ApiServer
+
+            self._start("api", ApiServer(ctx))
+        from ecgcad.db import audit
+
+        with ctx.db.session() as s:
+            audit.record(s, "application.start", detail={"version": __version__, "roles": sorted(self.roles)})
+        logger.info("ecgcad %s ready (roles: %s)", __version__, ",".join(sorted(self.roles)))
+        return ctx
+
+    def _start(self, name: str, component: Any, info: str | None = None) -> None:
+        assert self.ctx is not None
+        component.start()
+        self.ctx.components[name] = component
+        self._started.append((name, component))
+        address = getattr(component, "address", None)
+        where = f"{address[0]}:{address[1]}" if address else (info or "")
+        logger.info("started %s %s", name, where)
+
+    def stop(self) -> None:
+        """Stop components: listeners first, then worker, scheduler and API."""
+        order = {"dicom": 0, "hl7": 0, "worker": 1, "scheduler": 2, "api": 3}
+        for name, component in sorted(self._started, key=lambda nc: order.get(nc[0], 9)):
+            try:
+                component.stop()
+                logger.info("stopped %s", name)
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                logger.exception("error stopping %s", name)
+        self._started.clear()
+        if self.ctx is not None:
+            try:
+                from ecgcad.db import audit
+
+                with self.ctx.db.session() as s:
+                    audit.record(s, "application.stop", detail={"version": __version__})
+            except Exception:  # noqa: BLE001
+                logger.warning("could not audit application stop")
+            self.ctx.close()
+        self._stopped.set()
+
+    def request_stop(self, *_: object) -> None:
+        """Signal handler: ask :meth:`run_forever` to stop."""
+        self._stop_requested.set()
+
+    def run_forever(self) -> None:
+        """Start, wait for SIGTERM/SIGINT, stop."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        try:
+            while not self._stop_requested.wait(1.0):
+                pass
+        finally:
+            logger.info("stopping")
+            self.stop()
+
+
+def _load_component(module: str, cls: str, ctx: AppContext) -> Any:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            logger.warning("%s is not available in this build", module)
+            return None
+        raise
+    return getattr(mod, cls)(ctx)

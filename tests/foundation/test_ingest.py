@@ -1,0 +1,130 @@
+"""Durable ingest: object + rows + job commit together; duplicates are recognised; back-pressure refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from ecgcad.db.models import AuditEvent, EcgRecord, Job, SourceObject
+from ecgcad.db.objects import ObjectStore
+from ecgcad.db.session import Database
+from ecgcad.errors import BackPressureError
+from ecgcad.integration.ecg import Ecg, EcgIdentifiers
+from ecgcad.jobs.queue import SqlJobQueue
+from ecgcad.pipeline.ingest import Ingestor
+
+
+def _ecg(uid: str = "1.2.3.4") -> Ecg:
+    return Ecg(
+        signal=np.zeros((12, 5000), np.float32),
+        sampling_rate=500,
+        format="dicom",
+        identifiers=EcgIdentifiers(
+            patient_id="PID-1", issuer_of_patient_id="HOSP", sop_instance_uid=uid, study_instance_uid="1.2.3"
+        ),
+    )
+
+
+@pytest.fixture
+def ingestor(db: Database, tmp_path: Path) -> Ingestor:
+    return Ingestor(db, ObjectStore(tmp_path / "objects"), SqlJobQueue(db))
+
+
+def _count(db: Database, model: type) -> int:
+    with db.session() as s:
+        return int(s.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def test_dicom_ingest_commits_object_ecg_job_and_audit_together(ingestor: Ingestor, db: Database) -> None:
+    r = ingestor.ingest_dicom(
+        b"DICM-bytes-1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+        sop_instance_uid="1.2.3.4",
+        ecg=_ecg(),
+        calling_ae="CART",
+    )
+    assert r.ecg_id is not None and r.job_id is not None and not r.duplicate
+    with db.session() as s:
+        ecg = s.get(EcgRecord, r.ecg_id)
+        assert ecg is not None and ecg.patient_id == "PID-1" and ecg.issuer_of_patient_id == "HOSP"
+        src = s.get(SourceObject, r.source_object_id)
+        assert src is not None and Path(src.storage_path).read_bytes() == b"DICM-bytes-1"
+        job = s.get(Job, r.job_id)
+        assert job is not None and job.kind == "score" and job.payload == {"ecg_id": r.ecg_id}
+        assert s.execute(select(AuditEvent.event_type)).scalars().all() == ["dicom.received"]
+
+
+def test_identical_bytes_are_a_duplicate_and_not_queued_again(ingestor: Ingestor, db: Database) -> None:
+    first = ingestor.ingest_dicom(b"same", sop_class_uid=None, sop_instance_uid="1.2.3.4", ecg=_ecg())
+    second = ingestor.ingest_dicom(b"same", sop_class_uid=None, sop_instance_uid="1.2.3.4", ecg=_ecg())
+    assert second.duplicate and second.job_id is None and second.ecg_id == first.ecg_id
+    assert _count(db, Job) == 1 and _count(db, EcgRecord) == 1
+
+
+def test_same_uid_with_different_bytes_is_a_new_audited_version(ingestor: Ingestor, db: Database) -> None:
+    ingestor.ingest_dicom(b"v1", sop_class_uid=None, sop_instance_uid="1.2.3.4", ecg=_ecg())
+    r = ingestor.ingest_dicom(b"v2", sop_class_uid=None, sop_instance_uid="1.2.3.4", ecg=_ecg())
+    assert r.new_version and r.job_id is not None
+    with db.session() as s:
+        versions = s.execute(select(SourceObject.object_version).order_by(SourceObject.id)).scalars().all()
+        assert versions == [1, 2]
+        assert "dicom.new_version" in s.execute(select(AuditEvent.event_type)).scalars().all()
+
+
+def test_decode_failure_is_stored_and_queued_for_a_not_evaluated_result(
+    ingestor: Ingestor, db: Database
+) -> None:
+    r = ingestor.ingest_dicom(
+        b"broken", sop_class_uid="1.2", sop_instance_uid="9.9", ecg=None, decode_error="no waveform"
+    )
+    with db.session() as s:
+        ecg = s.get(EcgRecord, r.ecg_id)
+        assert ecg is not None and ecg.decode_status == "failed" and ecg.decode_reason == "no waveform"
+    assert r.job_id is not None
+
+
+def test_hl7_retransmission_is_acknowledged_without_a_second_job(ingestor: Ingestor, db: Database) -> None:
+    msg = b"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|CTRL1|P|2.5.1\r"
+    first = ingestor.ingest_hl7(msg, control_id="CTRL1", message_type="ORU^R01")
+    again = ingestor.ingest_hl7(msg, control_id="CTRL1", message_type="ORU^R01")
+    assert first.job_id is not None and again.duplicate and again.job_id is None
+    assert _count(db, Job) == 1
+
+
+def test_back_pressure_when_queue_is_at_its_limit(db: Database, tmp_path: Path) -> None:
+    ing = Ingestor(db, ObjectStore(tmp_path / "o"), SqlJobQueue(db), max_depth=1)
+    ing.ingest_hl7(b"m1", control_id="1", message_type="ORU^R01")
+    ing._depth_cache = (0.0, 0)
+    with pytest.raises(BackPressureError):
+        ing.ingest_hl7(b"m2", control_id="2", message_type="ORU^R01")
+    assert _count(db, SourceObject) == 1
+
+
+def test_back_pressure_when_disk_is_under_reserve(db: Database, tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "o", min_free_bytes=10**18)
+    ing = Ingestor(db, store, SqlJobQueue(db))
+    with pytest.raises(BackPressureError):
+        ing.ingest_hl7(b"m1", control_id="1", message_type="ORU^R01")
+    assert _count(db, SourceObject) == 0
+
+
+def test_audit_chain_verifies_and_detects_tampering(sqlite_db: Database) -> None:
+    from sqlalchemy import text
+
+    from ecgcad.db import audit
+
+    with sqlite_db.session() as s:
+        for i in range(5):
+            audit.record(s, "api.read", user=f"u{i}", patient_id="P1")
+    with sqlite_db.session() as s:
+        report = audit.verify_session(s)
+    assert report.ok and report.checked == 5
+    with sqlite_db.session() as s:
+        s.execute(text("DROP TRIGGER audit_events_no_update"))
+        s.execute(text("UPDATE audit_events SET user = 'mallory' WHERE id = 3"))
+    with sqlite_db.session() as s:
+        report = audit.verify_session(s)
+    assert not report.ok and report.first_broken_id == 3
