@@ -303,12 +303,7 @@ def mllp_read_frame(sock: socket.socket, *, deadline: float, max_bytes: int = 16
         if remaining <= 0:
             raise TimeoutError("no MLLP end block before the deadline")
         sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            raise
-        except TimeoutError as exc:  # pragma: no cover - alias of TimeoutError on 3.10+
-            raise TimeoutError(str(exc)) from exc
+        chunk = sock.recv(65536)  # socket.timeout is TimeoutError
         if not chunk:
             raise ConnectionError("peer closed the connection before the end block")
         buf += chunk
