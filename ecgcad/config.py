@@ -94,6 +94,7 @@ class Hl7Settings(_Section):
     )
     application: str = Field("ECGCAD", description="Our MSH-3 / MSH-5 sending/receiving application.")
     facility: str = Field("", description="Our facility (MSH-4 / MSH-6).")
+    allowed_addresses: list[str] = Field(default_factory=list, description="Peer IPs/CIDRs; empty = any.")
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
 

@@ -1,0 +1,358 @@
+"""The DICOM C-STORE SCP: receives resting ECGs and acknowledges only what is durably stored.
+
+Each C-STORE is decoded to a canonical :class:`~ecgcad.integration.ecg.Ecg` (a well-formed dataset that fails
+decoding is still stored, with its decode failure) and handed to
+:meth:`~ecgcad.pipeline.ingest.Ingestor.ingest_dicom`, which writes the bytes (fsync) and commits the source
+object, the ECG row, the scoring job and an audit event in one transaction. Only after it returns does the
+handler answer ``0x0000``. Errors become DIMSE statuses here and nowhere else:
+
+===========================================  =========================================================
+cause                                        status
+===========================================  =========================================================
+stored (or an identical duplicate)           ``0x0000`` Success
+:class:`~ecgcad.errors.StorageError`,        ``0xA700`` Refused: Out of Resources (the sender retries)
+:class:`~ecgcad.errors.BackPressureError`
+dataset that cannot be parsed at all         ``0xC210`` Error: Cannot understand (unable to decode)
+anything unexpected                          ``0x0110`` Processing failure (logged with traceback)
+===========================================  =========================================================
+
+Only the ECG storage SOP classes of ``STANDARDS.md`` and Verification are offered; any other abstract syntax
+is refused in association negotiation (and audited). Calling AE titles and peer addresses are checked against
+allow-lists; refused associations are audited.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ecgcad.context import AppContext
+from ecgcad.db import audit
+from ecgcad.errors import BackPressureError, DecodeError, StorageError
+from ecgcad.listeners.allowlist import AddressAllowList
+from ecgcad.listeners.tls import server_ssl_context
+from ecgcad.logsetup import uid_hash
+
+logger = logging.getLogger(__name__)
+
+VERIFICATION = "1.2.840.10008.1.1"
+TWELVE_LEAD_ECG_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
+GENERAL_ECG_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"
+GENERAL_32BIT_ECG_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.4"
+
+#: Storage SOP classes we accept (STANDARDS.md); ambulatory, hemodynamic and EP waveforms are refused.
+ECG_STORAGE_SOP_CLASSES: tuple[str, ...] = (
+    TWELVE_LEAD_ECG_WAVEFORM_STORAGE,
+    GENERAL_ECG_WAVEFORM_STORAGE,
+    GENERAL_32BIT_ECG_WAVEFORM_STORAGE,
+)
+
+#: Waveforms are never pixel-compressed: the uncompressed syntaxes plus deflate cover real senders.
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_PROCESSING_FAILURE = 0x0110
+
+Decoder = Callable[..., Any]
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """Our presentation contexts: Verification and the ECG storage classes, each with all our syntaxes."""
+    contexts = [build_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+    contexts += [build_context(uid, list(TRANSFER_SYNTAXES)) for uid in ECG_STORAGE_SOP_CLASSES]
+    return contexts
+
+
+def _default_decoder() -> Decoder:
+    try:
+        from ecgcad.integration.readers import decode
+    except ImportError:  # the formats package is not installed in this build
+
+        def decode(data: bytes, *, filename: str | None = None) -> Any:
+            raise DecodeError("no ECG reader available in this build")
+
+    return decode
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server plus an address allow-list and TCP_NODELAY on accepted sockets."""
+
+    scp: DicomScp
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, address = self.socket.accept()  # type: ignore[union-attr]
+        # Nagle plus the peer's delayed ACK cost ~40 ms per small DIMSE response otherwise.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True)
+        return sock, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+        if self.scp.address_allow_list.allows(host):
+            return True
+        logger.warning("refused DICOM connection from %s: address not allowed", host)
+        self.scp._audit("dicom.rejected", outcome=4, address=host, detail={"reason": "address not allowed"})
+        return False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.exception("error on DICOM connection from %s", client_address)
+
+
+class DicomScp:
+    """The C-STORE SCP (pynetdicom) of one :class:`~ecgcad.context.AppContext`.
+
+    Parameters
+    ----------
+    ctx:
+        Settings (``ctx.settings.dicom``), database (audit) and the ingestor.
+    decoder:
+        ``decode(data, *, filename=None) -> Ecg``; default :func:`ecgcad.integration.readers.decode`.
+    """
+
+    def __init__(self, ctx: AppContext, *, decoder: Decoder | None = None) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings.dicom
+        self.decoder = decoder or _default_decoder()
+        self.address_allow_list = AddressAllowList(self.settings.allowed_addresses)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ae: AE | None = None
+        self.stored = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind and start serving in a background thread (returns at once; port 0 picks a free port).
+
+        Raises
+        ------
+        ConfigurationError
+            TLS files or allow-list entries are invalid.
+        OSError
+            The address cannot be bound.
+        """
+        if self._server is not None:
+            return
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_pdu_size = s.max_pdu
+        ae.maximum_associations = s.max_associations
+        ae.network_timeout = s.network_timeout_s
+        ae.acse_timeout = s.network_timeout_s
+        ae.dimse_timeout = s.network_timeout_s
+        ae.require_calling_aet = list(s.allowed_calling_aets)
+        for cx in supported_contexts():
+            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
+        if not s.allowed_calling_aets:
+            logger.warning("DICOM SCP accepts any calling AE title (dicom.allowed_calling_aets is empty)")
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        server = ae.make_server(
+            (s.host, s.port),
+            ae_title=s.ae_title,
+            ssl_context=server_ssl_context(s.tls),
+            evt_handlers=handlers,
+            server_class=_Server,
+        )
+        assert isinstance(server, _Server)
+        server.scp = self
+        ae._servers.append(server)  # so that ae.shutdown() and active_associations see it
+        thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
+        thread.start()
+        self._ae, self._server, self._thread = ae, server, thread
+        host, port = self.address
+        logger.info(
+            "DICOM SCP %s listening on %s:%s%s", s.ae_title, host, port, " (TLS)" if s.tls.enabled else ""
+        )
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting, abort open associations and wait for the server thread (bounded)."""
+        server, ae, thread = self._server, self._ae, self._thread
+        if server is None or ae is None:
+            return
+        self._server = None
+        try:
+            server.shutdown()
+        except ValueError:
+            pass
+        for assoc in list(ae.active_associations):
+            assoc.abort()
+            assoc.join(timeout_s)
+        if thread is not None:
+            thread.join(timeout_s)
+        logger.info("DICOM SCP stopped")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound."""
+        if self._server is None:
+            raise RuntimeError("DICOM SCP is not running")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def alive(self) -> bool:
+        """True while the server thread is serving."""
+        return self._server is not None and self._thread is not None and self._thread.is_alive()
+
+    # -- audit -------------------------------------------------------------------------------------------
+    def _audit(self, event_type: str, *, outcome: int = 0, **fields: Any) -> None:
+        try:
+            with self.ctx.db.session() as session:
+                audit.record(session, event_type, outcome=outcome, **fields)
+        except Exception:  # noqa: BLE001 - an audit failure must not break the association
+            logger.exception("could not audit %s", event_type)
+
+    # -- handlers ----------------------------------------------------------------------------------------
+    def _on_established(self, event: Any) -> None:
+        assoc = event.assoc
+        accepted = sorted({str(cx.abstract_syntax) for cx in assoc.accepted_contexts})
+        refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+        calling = assoc.requestor.ae_title.strip()[:16]
+        # Senders such as storescu propose every storage class; the refusals are normal, so the association
+        # event carries their count, and only an association with nothing acceptable is audited as a reject.
+        self._audit(
+            "dicom.association",
+            ae_title=calling,
+            address=assoc.requestor.address,
+            detail={
+                "called_ae": assoc.acceptor.ae_title,
+                "accepted": accepted,
+                "refused_count": len(refused),
+            },
+        )
+        if refused and not accepted:
+            logger.warning("association from %s proposed no acceptable SOP class", calling)
+            self._audit(
+                "dicom.rejected",
+                outcome=4,
+                ae_title=calling,
+                address=assoc.requestor.address,
+                detail={"reason": "abstract syntax not supported", "sop_classes": refused[:20]},
+            )
+
+    def _on_rejected(self, event: Any) -> None:
+        assoc = event.assoc
+        calling = assoc.requestor.ae_title
+        allowed = [a.strip() for a in self.settings.allowed_calling_aets]
+        reason = (
+            "calling AE title not allowed"
+            if allowed and calling.strip() not in allowed
+            else "association limit reached"
+        )
+        logger.warning("rejected DICOM association: %s", reason)
+        self._audit(
+            "dicom.rejected",
+            outcome=4,
+            ae_title=calling[:16],
+            address=assoc.requestor.address,
+            detail={"reason": reason},
+        )
+
+    def _on_echo(self, event: Any) -> int:
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: Any) -> int | Dataset:
+        try:
+            return self._store(event)
+        except Exception:  # noqa: BLE001 - the boundary: every exception becomes a DIMSE status
+            logger.exception(
+                "unexpected error storing uid#%s",
+                uid_hash(getattr(event.request, "AffectedSOPInstanceUID", None)),
+            )
+            return _status(STATUS_PROCESSING_FAILURE, "internal error")
+
+    def _store(self, event: Any) -> int | Dataset:
+        request = event.request
+        sop_class_uid = str(request.AffectedSOPClassUID or "") or None
+        sop_instance_uid = str(request.AffectedSOPInstanceUID or "") or None
+        assoc = event.assoc
+        calling_ae = assoc.requestor.ae_title.strip()[:16]
+        peer = assoc.requestor.address
+        data = event.encoded_dataset(include_meta=True)
+        ecg = None
+        decode_error: str | None = None
+        try:
+            ecg = self.decoder(data)
+        except DecodeError as exc:
+            if not _readable(data):
+                logger.warning("unreadable dataset uid#%s from %s", uid_hash(sop_instance_uid), calling_ae)
+                return _status(STATUS_CANNOT_UNDERSTAND, "dataset cannot be parsed")
+            decode_error = str(exc)[:500] or type(exc).__name__
+            logger.info("stored uid#%s undecoded: %s", uid_hash(sop_instance_uid), type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a reader bug must not lose a well-formed instance
+            logger.exception("reader failed on uid#%s; storing it undecoded", uid_hash(sop_instance_uid))
+            decode_error = f"reader error: {type(exc).__name__}"
+        try:
+            result = self.ctx.ingestor.ingest_dicom(
+                data,
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_instance_uid,
+                ecg=ecg,
+                decode_error=decode_error,
+                calling_ae=calling_ae,
+                peer_address=peer,
+            )
+        except BackPressureError as exc:
+            logger.warning("back-pressure, refusing uid#%s: %s", uid_hash(sop_instance_uid), exc)
+            return _status(STATUS_OUT_OF_RESOURCES, "busy, retry later")
+        except StorageError as exc:
+            logger.error("storage failed for uid#%s: %s", uid_hash(sop_instance_uid), exc)
+            return _status(STATUS_OUT_OF_RESOURCES, "storage unavailable, retry later")
+        self.stored += 0 if result.duplicate else 1
+        return STATUS_SUCCESS
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def _readable(data: bytes) -> bool:
+    """True when ``data`` parses as a DICOM dataset (every element), whatever its content."""
+    try:
+        ds = dcmread(io.BytesIO(data), force=True)
+        for _elem in ds.iterall():
+            pass
+        return "SOPClassUID" in ds or "WaveformSequence" in ds or len(ds) > 0
+    except Exception:  # noqa: BLE001 - any parse failure means "cannot understand"
+        return False
+
+
+__all__ = [
+    "ECG_STORAGE_SOP_CLASSES",
+    "GENERAL_32BIT_ECG_WAVEFORM_STORAGE",
+    "GENERAL_ECG_WAVEFORM_STORAGE",
+    "TWELVE_LEAD_ECG_WAVEFORM_STORAGE",
+    "VERIFICATION",
+    "DicomScp",
+    "supported_contexts",
+]

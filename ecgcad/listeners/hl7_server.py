@@ -1,0 +1,353 @@
+"""The HL7 v2 MLLP server: persistent connections, acknowledging only what is durably stored.
+
+An asyncio server runs in its own thread. Each connection is read through our
+:class:`~ecgcad.integration.mllp.MllpDecoder`; every complete message gets a fast header check
+(:func:`~ecgcad.integration.hl7_ack.parse_header`) and is handed to
+:meth:`~ecgcad.pipeline.ingest.Ingestor.ingest_hl7` in a worker thread, which writes the raw message (fsync)
+and commits it with its ``hl7`` job. Only after that returns is the ACK sent. Messages on one connection are
+answered in order; the full parse and waveform decoding happen later in the worker.
+
+Answers (original mode / enhanced mode, see :mod:`ecgcad.integration.hl7_ack`):
+
+=============================================================  ==========  ==================================
+message                                                        MSA-1       then
+=============================================================  ==========  ==================================
+stored, or a retransmission of a stored message                AA / CA
+storage failure, back-pressure, unexpected error               AE / CE     the sender retries
+not HL7 / no MSH / MSH-9 or MSH-10 empty                       AR / CR
+message type we do not use (unless ``accept_other_types``)     AR / CR
+frame over ``max_message_bytes``                               AR / CR     the connection is closed
+=============================================================  ==========  ==================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from ecgcad.context import AppContext
+from ecgcad.db import audit
+from ecgcad.errors import BackPressureError, StorageError
+from ecgcad.integration import hl7_ack
+from ecgcad.integration.hl7_ack import Hl7HeaderError, MessageHeader
+from ecgcad.integration.mllp import MllpDecoder, MllpFrameTooLarge, frame
+from ecgcad.listeners.allowlist import AddressAllowList
+from ecgcad.listeners.tls import server_ssl_context
+from ecgcad.logsetup import uid_hash
+
+logger = logging.getLogger(__name__)
+
+#: Message types stored for the worker (MSH-9.1, or MSH-9.1^MSH-9.2).
+SUPPORTED_TYPES: frozenset[str] = frozenset({"ORU^R01", "ORM^O01", "OMG^O19", "ADT"})
+
+READ_CHUNK = 64 * 1024
+
+
+def is_supported(header: MessageHeader) -> bool:
+    """True for ORU^R01, ORM^O01, OMG^O19 and every ADT event."""
+    return header.type_code in SUPPORTED_TYPES or header.message_code in SUPPORTED_TYPES
+
+
+class Hl7Server:
+    """The MLLP server of one :class:`~ecgcad.context.AppContext`.
+
+    Parameters
+    ----------
+    ctx:
+        Settings (``ctx.settings.hl7``), database (audit) and the ingestor.
+    ingest_threads:
+        Threads that run :meth:`Ingestor.ingest_hl7` (connections beyond this wait their turn).
+    """
+
+    def __init__(self, ctx: AppContext, *, ingest_threads: int = 8) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings.hl7
+        self.address_allow_list = AddressAllowList(self.settings.allowed_addresses)
+        self._ingest_threads = ingest_threads
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._address: tuple[str, int] | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.acknowledged = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Bind and serve in a background thread; returns once listening (port 0 picks a free port).
+
+        Raises
+        ------
+        ConfigurationError
+            TLS files or allow-list entries are invalid.
+        OSError
+            The address cannot be bound.
+        """
+        if self._thread is not None:
+            return
+        ssl_context = server_ssl_context(self.settings.tls)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self._ingest_threads, thread_name_prefix="hl7-ingest"
+        )
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(
+                        self._on_connection,
+                        self.settings.host,
+                        self.settings.port,
+                        ssl=ssl_context,
+                        limit=READ_CHUNK,
+                        reuse_address=True,
+                    )
+                )
+                sock = self._server.sockets[0].getsockname()
+                self._address = (str(sock[0]), int(sock[1]))
+            except BaseException as exc:  # noqa: BLE001 - reported to start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._stopping = False
+        self._thread = threading.Thread(target=run, name="hl7-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout_s):
+            raise TimeoutError("HL7 server did not start")
+        if failure:
+            self._thread.join(timeout_s)
+            self._thread = None
+            self._executor.shutdown(wait=False)
+            raise failure[0]
+        logger.info("HL7 MLLP server listening on %s:%s%s", *self.address, " (TLS)" if ssl_context else "")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting, close open connections and wait for the server thread (bounded)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._stopping = True
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            if self._connections:
+                await asyncio.wait(list(self._connections), timeout=timeout_s)
+            loop.stop()
+
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(shutdown(), loop)
+        thread.join(timeout_s)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._thread = None
+        self._loop = None
+        logger.info("HL7 MLLP server stopped")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound."""
+        if self._address is None:
+            raise RuntimeError("HL7 server is not running")
+        return self._address
+
+    @property
+    def alive(self) -> bool:
+        """True while the server thread runs its event loop."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections."""
+        return len(self._connections)
+
+    # -- audit -------------------------------------------------------------------------------------------
+    def _audit(self, event_type: str, *, outcome: int = 0, **fields: Any) -> None:
+        try:
+            with self.ctx.db.session() as session:
+                audit.record(session, event_type, outcome=outcome, **fields)
+        except Exception:  # noqa: BLE001 - an audit failure must not break the connection
+            logger.exception("could not audit %s", event_type)
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    # -- connections -------------------------------------------------------------------------------------
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peername = writer.get_extra_info("peername")
+        peer = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        try:
+            if not self.address_allow_list.allows(peer):
+                logger.warning("refused MLLP connection from %s: address not allowed", peer)
+                await self._run(
+                    self._audit,
+                    "hl7.rejected",
+                    outcome=4,
+                    address=peer,
+                    detail={"reason": "address not allowed"},
+                )
+                return
+            if len(self._connections) >= self.settings.max_connections:
+                logger.warning(
+                    "refused MLLP connection from %s: %d connections open", peer, len(self._connections)
+                )
+                await self._run(
+                    self._audit,
+                    "hl7.rejected",
+                    outcome=4,
+                    address=peer,
+                    detail={"reason": "connection limit reached"},
+                )
+                return
+            self._connections.add(task)
+            await self._run(self._audit, "hl7.connection", address=peer, detail={"event": "opened"})
+            await self._serve(reader, writer, peer)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, OSError) as exc:
+            logger.info("MLLP connection from %s ended: %s", peer, type(exc).__name__)
+        except Exception:  # noqa: BLE001 - never let a connection take the server down
+            logger.exception("unexpected error on MLLP connection from %s", peer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        s = self.settings
+        decoder = MllpDecoder(s.max_message_bytes)
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), s.idle_timeout_s)
+            except TimeoutError:
+                logger.info("closing idle MLLP connection from %s", peer)
+                return
+            if not data:
+                if decoder.in_frame:
+                    logger.info(
+                        "MLLP peer %s closed inside a frame (%d bytes dropped)", peer, decoder.pending_bytes
+                    )
+                return
+            try:
+                messages = decoder.feed(data)
+                oversize: MllpFrameTooLarge | None = None
+            except MllpFrameTooLarge as exc:
+                messages, oversize = exc.frames, exc
+            for message in messages:
+                ack = await self._handle_message(message, peer)
+                if ack is not None:
+                    writer.write(frame(ack))
+                    await writer.drain()
+            if oversize is not None:
+                logger.warning("MLLP frame from %s over %d bytes: AR and close", peer, oversize.limit)
+                await self._run(
+                    self._audit,
+                    "hl7.rejected",
+                    outcome=4,
+                    address=peer,
+                    detail={"reason": "message too large", "limit": oversize.limit},
+                )
+                ack = hl7_ack.build_ack(
+                    None,
+                    "AR",
+                    text=f"message exceeds {oversize.limit} bytes",
+                    error_code=hl7_ack.ERR_APPLICATION_INTERNAL_ERROR,
+                    application=s.application,
+                    facility=s.facility,
+                )
+                writer.write(frame(ack))
+                with contextlib.suppress(ConnectionError, OSError):
+                    await asyncio.wait_for(writer.drain(), 5.0)
+                return
+
+    # -- one message ---------------------------------------------------------------------------------------
+    async def _handle_message(self, message: bytes, peer: str) -> bytes | None:
+        s = self.settings
+        try:
+            header = hl7_ack.parse_header(message)
+        except Hl7HeaderError as exc:
+            logger.warning("rejected message from %s: %s", peer, exc)
+            await self._run(self._audit, "hl7.rejected", outcome=4, address=peer, detail={"reason": str(exc)})
+            return self._ack(None, "reject", str(exc), exc.code, exc.location)
+        if not is_supported(header) and not s.accept_other_types:
+            reason = f"message type {header.type_code} is not accepted"
+            logger.info(
+                "rejected %s msh10#%s from %s", header.type_code, uid_hash(header.message_control_id), peer
+            )
+            await self._run(
+                self._audit,
+                "hl7.rejected",
+                outcome=4,
+                address=peer,
+                detail={"reason": reason, "control_id_hash": uid_hash(header.message_control_id)},
+            )
+            return self._ack(header, "reject", reason, hl7_ack.ERR_UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9")
+        try:
+            await self._run(
+                self.ctx.ingestor.ingest_hl7,
+                message,
+                control_id=header.message_control_id,
+                message_type=header.type_code,
+                peer_address=peer,
+            )
+        except BackPressureError as exc:
+            logger.warning("back-pressure, AE for msh10#%s: %s", uid_hash(header.message_control_id), exc)
+            return self._ack(header, "error", "busy, retry later", hl7_ack.ERR_APPLICATION_RECORD_LOCKED)
+        except StorageError as exc:
+            logger.error("storage failed for msh10#%s: %s", uid_hash(header.message_control_id), exc)
+            return self._ack(
+                header, "error", "storage unavailable, retry later", hl7_ack.ERR_APPLICATION_INTERNAL_ERROR
+            )
+        except Exception:  # noqa: BLE001 - the boundary: every exception becomes an ACK
+            logger.exception("unexpected error storing msh10#%s", uid_hash(header.message_control_id))
+            return self._ack(header, "error", "internal error", hl7_ack.ERR_APPLICATION_INTERNAL_ERROR)
+        self.acknowledged += 1
+        return self._ack(header, "accept")
+
+    def _ack(
+        self,
+        header: MessageHeader | None,
+        outcome: hl7_ack.Outcome,
+        text: str | None = None,
+        error_code: str | None = None,
+        location: str | None = None,
+    ) -> bytes | None:
+        code = hl7_ack.ack_code(header, outcome)
+        if code is None:
+            return None
+        return hl7_ack.build_ack(
+            header,
+            code,
+            text=text,
+            error_code=error_code,
+            error_location=location,
+            application=self.settings.application,
+            facility=self.settings.facility,
+        )
+
+
+__all__ = ["SUPPORTED_TYPES", "Hl7Server", "is_supported"]
