@@ -171,7 +171,8 @@ def _store_result(
         if not shadow:
             create_deliveries(ctx, session, existing)
         return existing
-    thresholds = ctx.settings.thresholds.as_dict()
+    from ecgcad.pipeline.delivery import _apply_prediction, _thresholds
+
     result = Result(
         ecg_id=ecg.id,
         model_version_id=mv.id,
@@ -182,20 +183,15 @@ def _store_result(
         model_version=predictor.model_version,
         checkpoint_sha256=predictor.checkpoint_sha256,
         demonstration=bool(predictor.demonstration),
-        preprocessing=_jsonable(predictor.preprocessing),
-        thresholds=thresholds,
+        preprocessing=_jsonable(getattr(predictor, "recipe", None)),
+        thresholds=_thresholds(ctx, predictor),
         window=prep.window,
     )
     if prediction is None:
         assert prep.reason is not None
         result.reason_code, result.reason_text = prep.reason
     else:
-        probs = {v: float(prediction.probabilities[v]) for v in VESSELS}
-        flags = {v: bool(prediction.flags[v]) for v in VESSELS}
-        result.p_rca, result.p_lm, result.p_lad, result.p_lcx = (probs[v] for v in VESSELS)
-        result.flag_rca, result.flag_lm, result.flag_lad, result.flag_lcx = (flags[v] for v in VESSELS)
-        result.any_flagged = any(flags.values())
-        result.risk_bands = _jsonable(getattr(prediction, "risk_bands", None))
+        _apply_prediction(result, prediction)
     session.add(result)
     session.flush()
     if not shadow:

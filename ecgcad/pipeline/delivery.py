@@ -1,0 +1,244 @@
+"""Delivery jobs: build the SR / PDF / ORU of a result and send it until the destination confirms.
+
+``deliver`` jobs (payload ``{"delivery_id"}``) make one attempt each. Delivered → the Delivery row is
+``sent`` (with the peer's answer) and audited. Not delivered and retryable → the row is ``retrying`` and the
+job is retried by the queue with exponential backoff and jitter. Refused for good, or out of attempts → the
+row is ``failed`` (the dead letter) with the last response. A row already ``sent`` is never sent again,
+so a duplicate job or a duplicate acknowledgement does not deliver twice. Each destination and each result
+has its own jobs: one failing destination never blocks another.
+
+``rescore`` jobs (payload ``{"ecg_id", "requested_by"}``) score an ECG again as a new result version; its
+deliveries go out as corrections (ORU ``C``, SR with PredecessorDocumentsSequence).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ecgcad.config import DestinationSettings
+from ecgcad.db import audit
+from ecgcad.db.models import Delivery, EcgRecord, Result, utcnow
+from ecgcad.errors import BuildError, DeliveryError, EcgcadError, PermanentDeliveryError
+from ecgcad.integration.senders import DicomStoreSender, MllpSender, Sender, SendOutcome
+from ecgcad.jobs.queue import ClaimedJob
+from ecgcad.logsetup import uid_hash
+from ecgcad.pipeline.reports import build_report_input
+
+logger = logging.getLogger(__name__)
+
+
+def make_sender(ctx: Any, dest: DestinationSettings) -> Sender:
+    """The sender for one destination (tests replace this through ``ctx.sender_factory``)."""
+    factory = getattr(ctx, "sender_factory", None)
+    if factory is not None:
+        return factory(dest)  # type: ignore[no-any-return]
+    if dest.kind == "dicom":
+        return DicomStoreSender(dest.host, dest.port, dest.ae_title, calling_ae=ctx.settings.dicom.ae_title, timeout=dest.timeout_s)
+    return MllpSender(dest.host, dest.port, timeout=dest.timeout_s)
+
+
+def build_payload(ctx: Any, session: Any, delivery: Delivery, result: Result, dest: DestinationSettings) -> tuple[Any, str]:
+    """The object to send and its identifier (SOP Instance UID or MSH-10)."""
+    from ecgcad.integration.oru import OruProfile, build_oru, control_id_for
+    from ecgcad.integration.pdf import build_encapsulated_pdf, render_report_pdf
+    from ecgcad.integration.sr import build_stenosis_sr
+
+    inp = build_report_input(ctx, session, result, with_signal=delivery.object_kind in ("pdf",))
+    if delivery.object_kind == "sr":
+        ds = build_stenosis_sr(inp)
+        return ds, str(ds.SOPInstanceUID)
+    if delivery.object_kind == "pdf":
+        ds = build_encapsulated_pdf(inp, render_report_pdf(inp))
+        return ds, str(ds.SOPInstanceUID)
+    if delivery.object_kind == "oru":
+        control_id = control_id_for(result.id, result.result_version, delivery.attempts)
+        status = "C" if result.result_version > 1 else "P"
+        msg = build_oru(
+            inp,
+            control_id=control_id,
+            result_status=status,  # type: ignore[arg-type]
+            sending_application=ctx.settings.hl7.application,
+            sending_facility=ctx.settings.hl7.facility,
+            receiving_application=dest.ae_title or dest.name.upper(),
+            profile=OruProfile(),
+        )
+        return msg, control_id
+    raise BuildError(f"unknown object kind {delivery.object_kind!r}")
+
+
+def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> SendOutcome | None:
+    """Make one attempt; return the outcome (``None`` when there is nothing to send)."""
+    from ecgcad.pipeline.telemetry import TELEMETRY
+
+    with ctx.db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None or delivery.state == "sent":
+            return None
+        try:
+            dest = ctx.settings.destination(delivery.destination)
+        except EcgcadError:
+            delivery.state = "failed"
+            delivery.last_response = f"destination {delivery.destination!r} is no longer configured"
+            return SendOutcome.permanent(delivery.last_response)
+        result = session.get(Result, delivery.result_id)
+        assert result is not None
+        delivery.attempts += 1
+        delivery.state = "sending"
+        try:
+            payload, object_uid = build_payload(ctx, session, delivery, result, dest)
+        except (BuildError, EcgcadError) as exc:
+            delivery.state = "failed"
+            delivery.last_response = f"could not build {delivery.object_kind}: {exc}"[:2000]
+            return SendOutcome.permanent(delivery.last_response)
+        delivery.object_uid = object_uid
+    # The network call happens outside any transaction: the database is never held while a peer is slow.
+    outcome = make_sender(ctx, dest).send(payload)
+    with ctx.db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery is not None
+        result = session.get(Result, delivery.result_id)
+        ecg = session.get(EcgRecord, result.ecg_id) if result is not None else None
+        delivery.last_response = outcome.response[:2000]
+        now = utcnow()
+        if outcome.delivered:
+            delivery.state = "sent"
+            delivery.sent_at = now
+            delivery.next_attempt_at = None
+            event = "delivery.sent"
+        elif outcome.retryable and not final_attempt:
+            delivery.state = "retrying"
+            delivery.next_attempt_at = now + dt.timedelta(seconds=ctx.queue.backoff.delay(delivery.attempts)) if hasattr(ctx.queue, "backoff") else None
+            event = None
+        else:
+            delivery.state = "failed"
+            event = "delivery.failed"
+        if event:
+            audit.record(
+                session,
+                event,
+                outcome=0 if outcome.delivered else 8,
+                ae_title=dest.ae_title or None,
+                address=f"{dest.host}:{dest.port}",
+                patient_id=ecg.patient_id if ecg else None,
+                issuer_of_patient_id=ecg.issuer_of_patient_id if ecg else None,
+                study_instance_uid=ecg.study_instance_uid if ecg else None,
+                sop_instance_uid=delivery.object_uid if delivery.object_kind != "oru" else None,
+                ecg_id=ecg.id if ecg else None,
+                detail={"delivery_id": delivery.id, "destination": dest.name, "kind": delivery.object_kind, "response": outcome.response[:500]},
+            )
+    TELEMETRY.count_delivery(dest.name, "sent" if outcome.delivered else ("retry" if outcome.retryable and not final_attempt else "failed"))
+    logger.info(
+        "delivery %s (%s to %s, obj#%s) attempt %s: %s",
+        delivery_id,
+        delivery.object_kind,
+        dest.name,
+        uid_hash(delivery.object_uid),
+        delivery.attempts,
+        "sent" if outcome.delivered else outcome.response,
+    )
+    return outcome
+
+
+def make_deliver_handler(ctx: Any) -> Any:
+    """The worker handler for ``deliver`` jobs."""
+
+    def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException | None]:
+        failures: dict[int, BaseException | None] = {}
+        for job in jobs:
+            outcome = attempt_delivery(ctx, int(job.payload["delivery_id"]), final_attempt=job.attempts >= job.max_attempts)
+            if outcome is None or outcome.delivered:
+                continue
+            failures[job.id] = DeliveryError(outcome.response) if outcome.retryable else PermanentDeliveryError(outcome.response)
+        return failures
+
+    return handle
+
+
+def make_rescore_handler(ctx: Any) -> Any:
+    """The worker handler for ``rescore`` jobs: a new result version of the same ECG and model."""
+    from ecgcad.pipeline.scoring import _jsonable, create_deliveries, ensure_model_version, prepare
+
+    def handle(jobs: list[ClaimedJob]) -> None:
+        predictor = ctx.get_predictor()
+        for job in jobs:
+            ecg_id = int(job.payload["ecg_id"])
+            with ctx.db.session() as session:
+                ecg = session.get(EcgRecord, ecg_id)
+                if ecg is None:
+                    continue
+                prep = prepare(ctx, session, ecg)
+            prediction = predictor.predict(prep.signal[None])[0] if prep.signal is not None else None
+            with ctx.db.session() as session:
+                ecg = session.get(EcgRecord, ecg_id)
+                assert ecg is not None
+                mv = ensure_model_version(session, predictor)
+                last = session.execute(
+                    select(Result).where(Result.ecg_id == ecg_id, Result.model_version_id == mv.id, Result.shadow.is_(False)).order_by(Result.result_version.desc())
+                ).scalars().first()
+                version = (last.result_version + 1) if last is not None else 1
+                if last is not None and job.payload.get("target_version") and last.result_version >= int(job.payload["target_version"]):
+                    continue  # this rescore already ran (job re-run after a crash)
+                result = Result(
+                    ecg_id=ecg_id,
+                    model_version_id=mv.id,
+                    result_version=version,
+                    scorable=prediction is not None,
+                    model_name=predictor.model_name,
+                    model_version=predictor.model_version,
+                    checkpoint_sha256=predictor.checkpoint_sha256,
+                    demonstration=bool(predictor.demonstration),
+                    preprocessing=_jsonable(getattr(predictor, "recipe", None)),
+                    thresholds=_thresholds(ctx, predictor),
+                    window=prep.window,
+                )
+                if prediction is None:
+                    result.reason_code, result.reason_text = prep.reason or ("not_evaluated", "not evaluated")
+                else:
+                    _apply_prediction(result, prediction)
+                session.add(result)
+                session.flush()
+                if last is not None:
+                    last.superseded_by_id = result.id
+                ecg.state = "scored" if result.scorable else "not_evaluated"
+                create_deliveries(ctx, session, result)
+                audit.record(
+                    session,
+                    "ecg.rescore",
+                    user=job.payload.get("requested_by"),
+                    patient_id=ecg.patient_id,
+                    issuer_of_patient_id=ecg.issuer_of_patient_id,
+                    study_instance_uid=ecg.study_instance_uid,
+                    ecg_id=ecg.id,
+                    detail={"result_id": result.id, "result_version": version, "model_version": result.model_version},
+                )
+        return None
+
+    return handle
+
+
+def _thresholds(ctx: Any, predictor: Any) -> dict[str, float]:
+    th = getattr(predictor, "thresholds", None)
+    high = getattr(th, "high", None)
+    return {k: float(v) for k, v in dict(high).items()} if high else ctx.settings.thresholds.as_dict()
+
+
+def _apply_prediction(result: Result, prediction: Any) -> None:
+    probs = {v: float(prediction.probabilities[v]) for v in ("rca", "lm", "lad", "lcx")}
+    flags = {v: bool(prediction.flags[v]) for v in ("rca", "lm", "lad", "lcx")}
+    result.p_rca, result.p_lm, result.p_lad, result.p_lcx = probs["rca"], probs["lm"], probs["lad"], probs["lcx"]
+    result.flag_rca, result.flag_lm, result.flag_lad, result.flag_lcx = flags["rca"], flags["lm"], flags["lad"], flags["lcx"]
+    result.any_flagged = any(flags.values())
+    result.risk_bands = dict(getattr(prediction, "bands", {}) or {})
+
+
+def next_result_version(session: Any, ecg_id: int) -> int:
+    """The version a rescore of ``ecg_id`` will get."""
+    current = session.execute(select(func.max(Result.result_version)).where(Result.ecg_id == ecg_id, Result.shadow.is_(False))).scalar()
+    return int(current or 0) + 1
+
+
+__all__ = ["attempt_delivery", "build_payload", "make_deliver_handler", "make_rescore_handler", "make_sender"]

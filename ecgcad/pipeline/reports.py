@@ -1,0 +1,152 @@
+"""From stored rows to a :class:`~ecgcad.integration.report.StenosisReportInput` and its objects."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ecgcad.db.models import EcgRecord, Order, Result, SourceObject
+from ecgcad.errors import DecodeError, EcgcadError, NotScorableError
+from ecgcad.integration.ecg import EcgIdentifiers
+from ecgcad.integration.report import PredecessorReference, StenosisReportInput, result_uids
+
+logger = logging.getLogger(__name__)
+
+VESSELS = ("rca", "lm", "lad", "lcx")
+DICOM_SOURCE_KINDS = ("dicom", "file", "pacs")
+
+
+def _identifiers(ecg: EcgRecord) -> EcgIdentifiers:
+    if ecg.identifiers:
+        return EcgIdentifiers.from_dict(dict(ecg.identifiers))
+    return EcgIdentifiers(
+        patient_id=ecg.patient_id,
+        issuer_of_patient_id=ecg.issuer_of_patient_id,
+        patient_name=ecg.patient_name,
+        patient_birth_date=ecg.patient_birth_date,
+        patient_sex=ecg.patient_sex,
+        accession_number=ecg.accession_number,
+        study_instance_uid=ecg.study_instance_uid,
+        sop_instance_uid=ecg.sop_instance_uid,
+        sop_class_uid=ecg.sop_class_uid,
+    )
+
+
+def _canonical_signal(ctx: Any, raw: bytes) -> np.ndarray | None:
+    from ecgcad.integration.readers import decode
+    from ecgcad.integration.signal import canonical_window
+
+    try:
+        return np.asarray(canonical_window(decode(raw), ctx.settings.gate.window_policy).signal, dtype=np.float32)
+    except (DecodeError, NotScorableError):
+        return None
+
+
+def _explanations(ctx: Any, session: Session, result: Result, signal: np.ndarray) -> dict[str, list[dict[str, Any]]] | None:
+    """Top windows per vessel; computed once with the result's model and cached on the result row."""
+    if not result.scorable:
+        return None
+    expl = result.explanations
+    if not expl:
+        try:
+            predictor = ctx.get_predictor()
+            if predictor.model_version != result.model_version:
+                return None
+            from ecgcad.model.explain import explain
+
+            expl = explain(predictor, np.nan_to_num(signal))
+            result.explanations = expl
+            session.flush()
+        except EcgcadError:
+            logger.warning("explanations unavailable for result %s", result.id, exc_info=True)
+            return None
+    return {v: [{k: w[k] for k in ("lead", "start", "end")} for w in expl["vessels"][v]["top_windows"]] for v in VESSELS}
+
+
+def build_report_input(ctx: Any, session: Session, result: Result, *, with_signal: bool = False) -> StenosisReportInput:
+    """The report input of ``result`` (the tracing, explanations and median beats when ``with_signal``)."""
+    ecg = session.get(EcgRecord, result.ecg_id)
+    assert ecg is not None
+    source = session.get(SourceObject, ecg.source_object_id)
+    raw = ctx.store.get(source.sha256) if source is not None and source.deleted_at is None else None
+    source_dataset = raw if (raw is not None and source is not None and source.kind in DICOM_SOURCE_KINDS and ecg.format == "dicom") else None
+    order = session.get(Order, ecg.order_id) if ecg.order_id else None
+    signal = beats = explanations = None
+    if with_signal and raw is not None:
+        signal = _canonical_signal(ctx, raw)
+        if signal is not None:
+            explanations = _explanations(ctx, session, result, signal)
+            try:
+                from ecgcad.model.explain import median_beats
+
+                beats = median_beats(np.nan_to_num(signal), 500.0)
+            except Exception:  # noqa: BLE001 - a missing median beat must not stop the report
+                logger.warning("median beats unavailable for ecg %s", ecg.id)
+                beats = None
+    predecessor = None
+    if result.result_version > 1:
+        prev = session.execute(
+            select(Result).where(Result.ecg_id == result.ecg_id, Result.model_version_id == result.model_version_id, Result.result_version == result.result_version - 1)
+        ).scalar_one_or_none()
+        if prev is not None:
+            prev_inp = _input(ctx, ecg, prev, source_dataset, order, None, None, None, None)
+            series, sop = result_uids(prev_inp, "sr")
+            predecessor = PredecessorReference(
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33",
+                sop_instance_uid=sop,
+                series_instance_uid=series,
+                study_instance_uid=ecg.study_instance_uid,
+            )
+    return _input(ctx, ecg, result, source_dataset, order, signal, beats, explanations, predecessor)
+
+
+def _input(
+    ctx: Any,
+    ecg: EcgRecord,
+    result: Result,
+    source_dataset: bytes | None,
+    order: Order | None,
+    signal: np.ndarray | None,
+    beats: np.ndarray | None,
+    explanations: Any,
+    predecessor: PredecessorReference | None,
+) -> StenosisReportInput:
+    probabilities = {v: float(p) for v, p in result.probabilities().items() if p is not None}
+    return StenosisReportInput(
+        identifiers=_identifiers(ecg),
+        result_id=result.id,
+        result_version=result.result_version,
+        scorable=result.scorable,
+        not_evaluated_reason=None if result.scorable else (result.reason_code or "not_evaluated", result.reason_text or "not evaluated"),
+        probabilities=probabilities if result.scorable else {},
+        thresholds=dict(result.thresholds or ctx.settings.thresholds.as_dict()),
+        flags=result.flags() if result.scorable else {},
+        model_name=result.model_name,
+        model_version=result.model_version,
+        checkpoint_sha256=result.checkpoint_sha256,
+        preprocessing=dict(result.preprocessing or {}),
+        window_policy=(result.window or {}).get("policy", ctx.settings.gate.window_policy),
+        demonstration=result.demonstration,
+        intended_use=ctx.settings.intended_use,
+        result_time=result.created_at,
+        source_dataset_bytes=source_dataset,
+        signal=signal,
+        explanations=explanations,
+        median_beats=beats,
+        predecessor=predecessor,
+        placer_order_number=order.placer_order_number if order else None,
+        filler_order_number=order.filler_order_number if order else None,
+        accession_number=(order.accession_number if order else None) or ecg.accession_number,
+        source_key=None if ecg.sop_instance_uid else f"ecg-source-{ecg.source_object_id}",
+    )
+
+
+def report_pdf_for_result(ctx: Any, session: Session, result: Result) -> bytes:
+    """The one-page PDF report of ``result``."""
+    from ecgcad.integration.pdf import render_report_pdf
+
+    return render_report_pdf(build_report_input(ctx, session, result, with_signal=True))

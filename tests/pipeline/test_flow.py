@@ -1,0 +1,188 @@
+"""The flow in one process: ingest → score (micro-batch) → SR/PDF/ORU → delivery with retries → audit."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select
+
+from ecgcad.config import load_settings
+from ecgcad.context import AppContext
+from ecgcad.db.migrate import upgrade
+from ecgcad.db.models import AuditEvent, Delivery, EcgRecord, Job, Result
+from ecgcad.integration.readers import decode
+from ecgcad.integration.senders import SendOutcome
+from ecgcad.jobs.worker import Worker
+from ecgcad.pipeline import actions
+from ecgcad.pipeline.handlers import register_handlers
+from ecgcad.testing.fake_predictor import FakePredictor
+from ecgcad.testing.fake_senders import FakeSender, RefusingSender
+
+FIXED = {"rca": 0.40, "lm": 0.005, "lad": 0.10, "lcx": 0.20}
+REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> AppContext:
+    settings = load_settings(
+        None,
+        data_dir=str(tmp_path / "var"),
+        queue={"backoff_base_s": 0.05, "backoff_max_s": 0.1},
+        destinations=[
+            {"name": "pacs", "kind": "dicom", "host": "127.0.0.1", "port": 11113, "ae_title": "PACS", "send": ["sr", "pdf"]},
+            {"name": "ehr", "kind": "hl7", "host": "127.0.0.1", "port": 2576, "max_attempts": 3},
+        ],
+    )
+    upgrade(settings)
+    context = AppContext.from_settings(settings)
+    context.set_predictor(FakePredictor(fixed=FIXED, demonstration=True))
+    context.senders = {"pacs": FakeSender(), "ehr": FakeSender()}  # type: ignore[attr-defined]
+    context.sender_factory = lambda dest: context.senders[dest.name]  # type: ignore[attr-defined]
+    return context
+
+
+def _drain(ctx: AppContext, worker: Worker, *, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        worker.run_once()
+        counts = ctx.queue.counts()
+        if counts["queued"] == 0 and counts["running"] == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"queue did not drain: {ctx.queue.counts()}")
+
+
+def _worker(ctx: AppContext) -> Worker:
+    worker = Worker(ctx.queue)
+    register_handlers(ctx, worker)
+    return worker
+
+
+def _ingest_real(ctx: AppContext) -> int:
+    data = REAL_ECG.read_bytes()
+    ecg = decode(data)
+    r = ctx.ingestor.ingest_dicom(
+        data,
+        sop_class_uid=ecg.identifiers.sop_class_uid,
+        sop_instance_uid=ecg.identifiers.sop_instance_uid,
+        ecg=ecg,
+        calling_ae="CART",
+        peer_address="127.0.0.1",
+    )
+    assert r.ecg_id is not None
+    return r.ecg_id
+
+
+def test_real_ecg_is_scored_once_and_delivered_to_every_destination(ctx: AppContext) -> None:
+    ecg_id = _ingest_real(ctx)
+    worker = _worker(ctx)
+    _drain(ctx, worker)
+    with ctx.db.session() as s:
+        results = s.execute(select(Result).where(Result.ecg_id == ecg_id)).scalars().all()
+        assert len(results) == 1
+        r = results[0]
+        assert r.scorable and r.probabilities() == pytest.approx(FIXED)
+        assert r.flags() == {"rca": True, "lm": False, "lad": False, "lcx": True}
+        assert r.any_flagged and r.demonstration
+        deliveries = s.execute(select(Delivery).where(Delivery.result_id == r.id)).scalars().all()
+        assert sorted((d.destination, d.object_kind, d.state) for d in deliveries) == [
+            ("ehr", "oru", "sent"),
+            ("pacs", "pdf", "sent"),
+            ("pacs", "sr", "sent"),
+        ]
+        assert s.get(EcgRecord, ecg_id).state == "scored"  # type: ignore[union-attr]
+        events = s.execute(select(AuditEvent.event_type)).scalars().all()
+        assert events.count("delivery.sent") == 3 and "ecg.scored" in events and "dicom.received" in events
+    source = pydicom.dcmread(REAL_ECG)
+    sr, pdf = ctx.senders["pacs"].delivered  # type: ignore[attr-defined]
+    for obj in (sr, pdf):
+        assert isinstance(obj, Dataset)
+        assert obj.PatientID == source.PatientID and obj.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" and sr.VerificationFlag == "UNVERIFIED"
+    assert pdf.Modality == "DOC"
+    (oru,) = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
+    text = oru.decode("utf-8") if isinstance(oru, bytes) else str(oru)
+    assert "ORU^R01^ORU_R01" in text and f"|{source.PatientID}^" in text
+    assert "DEMONSTRATION MODEL" in text
+
+
+def test_failing_destination_retries_with_backoff_and_never_blocks_the_other(ctx: AppContext) -> None:
+    ctx.senders["ehr"] = FakeSender([SendOutcome.retry("connection refused"), SendOutcome.retry("MSA AE")])  # type: ignore[attr-defined]
+    _ingest_real(ctx)
+    worker = _worker(ctx)
+    _drain(ctx, worker)
+    with ctx.db.session() as s:
+        ehr = s.execute(select(Delivery).where(Delivery.destination == "ehr")).scalar_one()
+        assert ehr.state == "sent" and ehr.attempts == 3
+        assert {d.state for d in s.execute(select(Delivery).where(Delivery.destination == "pacs")).scalars()} == {"sent"}
+    assert ctx.senders["ehr"].attempts == 3  # type: ignore[attr-defined]
+    assert len(ctx.senders["ehr"].delivered) == 1  # type: ignore[attr-defined]
+
+
+def test_permanent_refusal_and_exhausted_retries_end_in_the_dead_letter(ctx: AppContext) -> None:
+    ctx.senders["ehr"] = FakeSender(default=SendOutcome.retry("timeout"))  # type: ignore[attr-defined]
+    ctx.senders["pacs"] = RefusingSender("status 0xA900")  # type: ignore[attr-defined]
+    _ingest_real(ctx)
+    _drain(ctx, _worker(ctx))
+    with ctx.db.session() as s:
+        states = {(d.destination, d.object_kind): (d.state, d.attempts, d.last_response) for d in s.execute(select(Delivery)).scalars()}
+    assert states[("ehr", "oru")] == ("failed", 3, "timeout")
+    assert states[("pacs", "sr")][0] == "failed" and states[("pacs", "sr")][1] == 1
+    assert ctx.queue.counts()["failed"] == 3
+
+
+def test_undecodable_ecg_is_reported_not_evaluated_with_its_reason(ctx: AppContext) -> None:
+    r = ctx.ingestor.ingest_dicom(b"not really", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1", sop_instance_uid="1.2.3.999", ecg=None, decode_error="no waveform sequence")
+    _drain(ctx, _worker(ctx))
+    with ctx.db.session() as s:
+        result = s.execute(select(Result).where(Result.ecg_id == r.ecg_id)).scalar_one()
+        assert not result.scorable and result.reason_code == "decode_failed"
+        assert s.get(EcgRecord, r.ecg_id).state == "not_evaluated"  # type: ignore[union-attr]
+    (oru,) = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
+    assert b"IND" in oru
+
+
+def test_a_second_run_of_the_score_job_does_not_duplicate_the_result(ctx: AppContext) -> None:
+    ecg_id = _ingest_real(ctx)
+    _drain(ctx, _worker(ctx))
+    with ctx.db.session() as s:
+        ctx.queue.defer(s, "score", {"ecg_id": ecg_id})  # e.g. a re-run after a crash
+    _drain(ctx, _worker(ctx))
+    with ctx.db.session() as s:
+        assert s.execute(select(func.count()).select_from(Result)).scalar_one() == 1
+        assert s.execute(select(func.count()).select_from(Delivery)).scalar_one() == 3
+    assert len(ctx.senders["pacs"].delivered) == 2  # type: ignore[attr-defined]
+
+
+def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppContext) -> None:
+    ecg_id = _ingest_real(ctx)
+    worker = _worker(ctx)
+    _drain(ctx, worker)
+    out = actions.rescore_ecg(ctx, ecg_id, user="alice", role="operator", address="10.0.0.1")
+    assert out["result_version"] == 2
+    _drain(ctx, worker)
+    with ctx.db.session() as s:
+        versions = s.execute(select(Result.result_version).where(Result.ecg_id == ecg_id).order_by(Result.id)).scalars().all()
+        assert versions == [1, 2]
+    orus = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
+    assert len(orus) == 2 and b"|C|" in orus[1] or b"|C\r" in orus[1]
+    sr2 = ctx.senders["pacs"].delivered[2]  # type: ignore[attr-defined]
+    assert "PredecessorDocumentsSequence" in sr2
+    with ctx.db.session() as s:
+        sr_delivery = s.execute(select(Delivery).where(Delivery.object_kind == "sr").order_by(Delivery.id)).scalars().first()
+        assert sr_delivery is not None
+        delivery_id = sr_delivery.id
+    before = len(ctx.senders["pacs"].delivered)  # type: ignore[attr-defined]
+    actions.resend_delivery(ctx, delivery_id, user="bob", role="operator")
+    _drain(ctx, worker)
+    resent = ctx.senders["pacs"].delivered[before]  # type: ignore[attr-defined]
+    assert resent.SOPInstanceUID == ctx.senders["pacs"].delivered[0].SOPInstanceUID  # type: ignore[attr-defined]
+    pdf = actions.report_pdf(ctx, ecg_id)
+    assert pdf.startswith(b"%PDF-")
+    with ctx.db.session() as s:
+        assert s.execute(select(func.count()).select_from(Job).where(Job.state == "failed")).scalar_one() == 0
