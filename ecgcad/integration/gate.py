@@ -1,0 +1,338 @@
+"""The quality and intended-use gate: runs before any scoring and says *scorable* or why not.
+
+Each failed check adds a :class:`GateReason` with a stable code; an ECG with any reason is never scored and
+is reported as "not evaluated" with its reasons.
+
+=====================  ==========================================================================
+code                   meaning (default threshold; every threshold is a ``[gate]`` setting)
+=====================  ==========================================================================
+``too_few_leads``      fewer than 8 independent leads (two limb leads + the precordial leads found)
+``too_short``          record shorter than ``min_duration_s`` (10 s)
+``low_sampling_rate``  sampled below ``min_sampling_rate_hz`` (250 Hz)
+``flat_lead``          a recorded lead is flat (0.5–99.5 % range < 0.05 mV) or disconnected (> 50 % NaN)
+``saturation``         a recorded lead sits on its extreme value in > 2 % of samples (clipping)
+``noise``              robust SD of the > 40 Hz content of a lead > 0.1 mV (muscle, mains, contact)
+``baseline_wander``    range of the < 0.7 Hz content of a lead > 2 mV
+``pacemaker``          ≥ 3 pacing spikes (slope > 1 mV/ms, rebounding within 4 ms, on ≥ 2 leads)
+``underage``           patient younger than ``min_age_years`` (18)
+=====================  ==========================================================================
+
+Age: the stated age (DICOM PatientAge, MUSE PatientAge) wins over the birth date; a birth date after the
+acquisition, more than 130 years before it, or unparsable, is treated as unknown; an unknown age passes with
+a note. Quality checks look at the canonical 10-s window (the samples that would be scored); the pacemaker
+check looks at the source samples, because resampling blunts spikes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from typing import Any
+
+import numpy as np
+
+from ecgcad.config import GateSettings
+from ecgcad.errors import NotScorableError
+from ecgcad.integration.ecg import LEADS, TARGET_RATE_HZ, Ecg
+
+__all__ = ["GateReason", "GateThresholds", "GateVerdict", "check", "patient_age_years"]
+
+_LIMB = set(LEADS[:6])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GateThresholds:
+    """Signal-quality thresholds (defaults pass real resting ECGs with a wide margin).
+
+    A :class:`~ecgcad.config.GateSettings` field of the same name overrides each default.
+    """
+
+    min_independent_leads: int = 8
+    flat_range_mv: float = 0.05
+    disconnected_nan_fraction: float = 0.5
+    saturation_fraction: float = 0.02
+    noise_mv: float = 0.1
+    baseline_wander_mv: float = 2.0
+    pace_slope_mv_per_ms: float = 1.0
+    min_pace_spikes: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: GateSettings) -> GateThresholds:
+        """Defaults overridden by the same-named fields of ``settings`` where it has them."""
+        values = {
+            f.name: getattr(settings, f.name) for f in dataclasses.fields(cls) if hasattr(settings, f.name)
+        }
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GateReason:
+    """Why an ECG is not scorable: a stable snake_case ``code`` and a human sentence."""
+
+    code: str
+    text: str
+    leads: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"code": self.code, "text": self.text, "leads": list(self.leads)}
+
+
+@dataclasses.dataclass(slots=True)
+class GateVerdict:
+    """Outcome of :func:`check`."""
+
+    reasons: list[GateReason] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    age_years: float | None = None
+
+    @property
+    def scorable(self) -> bool:
+        """True when no check failed."""
+        return not self.reasons
+
+    @property
+    def codes(self) -> list[str]:
+        """The reason codes, in check order."""
+        return [r.code for r in self.reasons]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``scorable``, ``reasons`` (code/text/leads), ``notes``, ``age_years``."""
+        return {
+            "scorable": self.scorable,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "notes": list(self.notes),
+            "age_years": self.age_years,
+        }
+
+
+def check(ecg: Ecg, settings: GateSettings | None = None, now: dt.date | None = None) -> GateVerdict:
+    """Run the quality and intended-use gate on ``ecg``.
+
+    Parameters
+    ----------
+    ecg:
+        A decoded ECG.
+    settings:
+        Gate settings; defaults of :class:`~ecgcad.config.GateSettings` when ``None``.
+    now:
+        Reference date for the age when the ECG has no acquisition date (default: today).
+
+    Returns
+    -------
+    GateVerdict
+        ``scorable`` or the list of reasons, plus notes (e.g. "age unknown").
+    """
+    settings = settings or GateSettings()
+    th = GateThresholds.from_settings(settings)
+    verdict = GateVerdict()
+    reasons = verdict.reasons
+    found = [name for name in ecg.source_leads if name in LEADS]
+    rows = {name: LEADS.index(name) for name in found}
+
+    present = [n for n in found if not _disconnected(ecg.signal[rows[n]], th)]
+    independent = min(2, len([n for n in present if n in _LIMB])) + len(
+        [n for n in present if n not in _LIMB]
+    )
+    if independent < th.min_independent_leads:
+        reasons.append(
+            GateReason(
+                "too_few_leads",
+                f"{independent} independent leads recorded; at least {th.min_independent_leads} are needed",
+            )
+        )
+    if ecg.duration_s + 1e-9 < settings.min_duration_s:
+        reasons.append(
+            GateReason(
+                "too_short",
+                f"record is {ecg.duration_s:.1f} s long; at least {settings.min_duration_s:g} s are needed",
+            )
+        )
+    if ecg.sampling_rate < settings.min_sampling_rate_hz:
+        reasons.append(
+            GateReason(
+                "low_sampling_rate",
+                f"sampled at {ecg.sampling_rate:g} Hz; at least {settings.min_sampling_rate_hz:g} Hz are needed",
+            )
+        )
+
+    _quality(ecg, settings, th, rows, verdict)
+    _age(ecg, settings, now, verdict)
+    return verdict
+
+
+def _disconnected(row: np.ndarray, th: GateThresholds) -> bool:
+    return bool(np.isnan(row).mean() > th.disconnected_nan_fraction) if row.size else True
+
+
+def _quality(
+    ecg: Ecg, settings: GateSettings, th: GateThresholds, rows: dict[str, int], verdict: GateVerdict
+) -> None:
+    from scipy.signal import butter, sosfiltfilt
+
+    from ecgcad.integration.signal import canonical_window
+
+    reasons = verdict.reasons
+    flat = [n for n, r in rows.items() if _disconnected(ecg.signal[r], th)]
+    sat: list[str] = []
+    for name, r in rows.items():
+        x = ecg.signal[r]
+        x = x[~np.isnan(x)]
+        if name in flat or x.size < 10:
+            continue
+        hi, lo = x.max(), x.min()
+        if hi - lo < th.flat_range_mv:
+            continue
+        at_extreme = max(np.count_nonzero(x == hi), np.count_nonzero(x == lo)) / x.size
+        if at_extreme > th.saturation_fraction:
+            sat.append(name)
+
+    try:
+        window = canonical_window(ecg, settings.window_policy)
+    except NotScorableError:
+        window = None  # too short: reported above; judge quality on what there is
+    if window is not None:
+        w = window.signal
+        fs = float(TARGET_RATE_HZ)
+    else:
+        w = np.nan_to_num(ecg.signal)
+        fs = float(ecg.sampling_rate)
+    wanted = [n for n in rows if n not in flat]
+    idx = [rows[n] for n in wanted]
+    noisy: list[str] = []
+    wander: list[str] = []
+    if idx and w.shape[1] >= 64:
+        sub = w[idx].astype(np.float64)
+        ranges = np.percentile(sub, 99.5, axis=1) - np.percentile(sub, 0.5, axis=1)
+        flat.extend(n for n, rg in zip(wanted, ranges, strict=True) if rg < th.flat_range_mv)
+        if fs > 100:
+            hp = sosfiltfilt(butter(4, 40.0, "highpass", fs=fs, output="sos"), sub, axis=1)
+            mad = 1.4826 * np.median(np.abs(hp - np.median(hp, axis=1, keepdims=True)), axis=1)
+            noisy = [n for n, v in zip(wanted, mad, strict=True) if v > th.noise_mv and n not in flat]
+        if sub.shape[1] > 3 * fs:
+            lp = sosfiltfilt(butter(2, 0.7, "lowpass", fs=fs, output="sos"), sub, axis=1)
+            span = lp.max(axis=1) - lp.min(axis=1)
+            wander = [
+                n for n, v in zip(wanted, span, strict=True) if v > th.baseline_wander_mv and n not in flat
+            ]
+    flat = [n for n in LEADS if n in set(flat)]
+    if flat:
+        reasons.append(GateReason("flat_lead", "flat or disconnected lead: " + ", ".join(flat), tuple(flat)))
+    sat = [n for n in sat if n not in flat]
+    if sat:
+        reasons.append(GateReason("saturation", "clipped (saturated) lead: " + ", ".join(sat), tuple(sat)))
+    if noisy:
+        reasons.append(
+            GateReason("noise", "excessive high-frequency noise on lead: " + ", ".join(noisy), tuple(noisy))
+        )
+    if wander:
+        reasons.append(
+            GateReason(
+                "baseline_wander", "excessive baseline wander on lead: " + ", ".join(wander), tuple(wander)
+            )
+        )
+
+    spikes = _pace_spikes(ecg, [rows[n] for n in rows if n not in flat], th)
+    if spikes >= th.min_pace_spikes:
+        reasons.append(
+            GateReason(
+                "pacemaker", f"{spikes} pacemaker spikes found; paced rhythm is outside the intended use"
+            )
+        )
+    elif ecg.sampling_rate < 500:
+        verdict.notes.append("sampled below 500 Hz: pacemaker spikes may be missed")
+
+
+def _pace_spikes(ecg: Ecg, idx: list[int], th: GateThresholds) -> int:
+    """Count pacing spikes: steep jumps that rebound within 4 ms, on at least two leads at once."""
+    if len(idx) < 1:
+        return 0
+    x = np.nan_to_num(ecg.signal[idx].astype(np.float64))
+    rate = float(ecg.sampling_rate)
+    d = np.diff(x, axis=1) * (rate / 1000.0)  # mV per ms
+    steep = np.abs(d) > th.pace_slope_mv_per_ms
+    if not steep.any():
+        return 0
+    reach = max(1, int(round(0.004 * rate)))
+    spike = np.zeros(d.shape[1], dtype=np.int32)
+    for lead in range(d.shape[0]):
+        pos = np.flatnonzero(steep[lead])
+        if pos.size == 0:
+            continue
+        signs = np.sign(d[lead, pos])
+        hit = np.zeros(d.shape[1], dtype=bool)
+        for k, p in enumerate(pos):
+            j = k + 1
+            while j < pos.size and pos[j] - p <= reach:
+                if signs[j] != signs[k]:
+                    hit[p] = True
+                    break
+                j += 1
+        # One vote per lead per spike, spread over the rebound reach so leads line up.
+        votes = np.convolve(hit.astype(np.int32), np.ones(reach + 1, dtype=np.int32), mode="same") > 0
+        spike += votes
+    need = 2 if len(idx) >= 2 else 1
+    events = spike >= need
+    if not events.any():
+        return 0
+    # Count separate events (runs of consecutive True).
+    starts = np.flatnonzero(events[1:] & ~events[:-1]).size + int(events[0])
+    return int(starts)
+
+
+_AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def patient_age_years(ecg: Ecg, now: dt.date | None = None) -> tuple[float | None, str]:
+    """The patient's age in years and where it came from.
+
+    Parameters
+    ----------
+    ecg:
+        The ECG (its identifiers hold PatientAge and/or birth date).
+    now:
+        Reference date when the acquisition date is unknown (default: today).
+
+    Returns
+    -------
+    tuple
+        ``(years, source)``; ``years`` is ``None`` when unknown, ``source`` says which field was used or why
+        none could be.
+    """
+    ids = ecg.identifiers
+    if ids.patient_age:
+        m = _AGE_RE.match(ids.patient_age)
+        if m:
+            return int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()], "stated age"
+    ref = ids.acquisition_datetime.date() if ids.acquisition_datetime else (now or dt.date.today())
+    birth = ids.patient_birth_date
+    if not birth:
+        return None, "no age or birth date"
+    m = re.match(r"^\s*(\d{4})(\d{2})(\d{2})", birth)
+    try:
+        born = dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+    except ValueError:
+        born = None
+    if born is None:
+        return None, "unparsable birth date"
+    years = (ref - born).days / 365.25
+    if years < 0 or years > 130:
+        return None, "implausible birth date"
+    return years, "birth date"
+
+
+def _age(ecg: Ecg, settings: GateSettings, now: dt.date | None, verdict: GateVerdict) -> None:
+    years, source = patient_age_years(ecg, now)
+    verdict.age_years = None if years is None else round(years, 2)
+    if years is None:
+        verdict.notes.append(f"age unknown ({source}); the age check passes")
+        return
+    if years < settings.min_age_years:
+        verdict.reasons.append(
+            GateReason(
+                "underage",
+                f"patient is younger than {settings.min_age_years} years ({source}); outside the intended use",
+            )
+        )
