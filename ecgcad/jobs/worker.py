@@ -104,7 +104,12 @@ class Worker:
         try:
             failures = reg.handler(jobs) or {}
         except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the worker
-            logger.error("handler for %s failed on jobs %s:\n%s", reg.kind, [j.id for j in jobs], traceback.format_exc())
+            logger.error(
+                "handler for %s failed on jobs %s:\n%s",
+                reg.kind,
+                [j.id for j in jobs],
+                traceback.format_exc(),
+            )
             failures = dict.fromkeys((j.id for j in jobs), exc)
         for job in jobs:
             exc = failures.get(job.id)
@@ -112,8 +117,17 @@ class Worker:
                 self.queue.complete(job.id)
                 self.processed += 1
             else:
-                state = self.queue.retry_later(job.id, f"{type(exc).__name__}: {exc}", retryable=is_retryable(exc))
-                logger.warning("job %s (%s) attempt %d failed (%s) -> %s", job.id, job.kind, job.attempts, type(exc).__name__, state)
+                state = self.queue.retry_later(
+                    job.id, f"{type(exc).__name__}: {exc}", retryable=is_retryable(exc)
+                )
+                logger.warning(
+                    "job %s (%s) attempt %d failed (%s) -> %s",
+                    job.id,
+                    job.kind,
+                    job.attempts,
+                    type(exc).__name__,
+                    state,
+                )
 
     # -- background thread -------------------------------------------------------------------------------
     def run_forever(self) -> None:

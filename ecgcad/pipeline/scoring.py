@@ -244,7 +244,7 @@ def make_score_handler(ctx: Any) -> Any:
         predictions: dict[int, Any] = {}
         if scorable:
             t0 = time.perf_counter()
-            out = predictor.predict(np.stack([p.signal for p in scorable]))
+            out = predictor.predict(np.stack([p.signal for p in scorable if p.signal is not None]))
             TELEMETRY.observe_inference(time.perf_counter() - t0, len(scorable))
             predictions = {p.ecg_id: pred for p, pred in zip(scorable, out, strict=True)}
         shadow = getattr(ctx, "shadow_predictor", None)
@@ -254,7 +254,9 @@ def make_score_handler(ctx: Any) -> Any:
                 shadow_out = {
                     p.ecg_id: pred
                     for p, pred in zip(
-                        scorable, shadow.predict(np.stack([p.signal for p in scorable])), strict=True
+                        scorable,
+                        shadow.predict(np.stack([p.signal for p in scorable if p.signal is not None])),
+                        strict=True,
                     )
                 }
             except Exception:  # noqa: BLE001 - a shadow model never affects live results
