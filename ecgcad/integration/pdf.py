@@ -370,7 +370,7 @@ def _draw_bars(fig: Figure, inp: StenosisReportInput) -> None:
         colors = ["#c00000" if inp.flags[v] else "#4a78b5" for v in VESSELS]
         ax.bar(x, values, color=colors, width=0.6)
         for xi, value in zip(x, values, strict=True):
-            ax.text(xi, min(value + 0.03, 0.93), f"{value:.3f}", ha="center", fontsize=6)
+            ax.text(float(xi), min(value + 0.03, 0.93), f"{value:.3f}", ha="center", fontsize=6)
     else:
         ax.text(1.5, 0.5, "NOT EVALUATED", ha="center", va="center", fontsize=10, color="#555555")
     for xi, vessel in zip(x, VESSELS, strict=True):

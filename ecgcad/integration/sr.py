@@ -222,12 +222,12 @@ def source_evidence(inp: StenosisReportInput, *, uid_root: str | None = None) ->
     derived from the source key when the identifiers have none).
     """
     if inp.source_dataset_bytes is not None:
-        ds = pydicom.dcmread(io.BytesIO(inp.source_dataset_bytes))
+        source: Dataset = pydicom.dcmread(io.BytesIO(inp.source_dataset_bytes))
         # The waveform is not needed to reference the ECG, only its identifying attributes.
         for keyword in ("WaveformSequence", "WaveformAnnotationSequence"):
-            if keyword in ds:
-                delattr(ds, keyword)
-        return ds, True
+            if keyword in source:
+                delattr(source, keyword)
+        return source, True
     ident = inp.identifiers
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
