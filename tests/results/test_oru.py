@@ -50,7 +50,12 @@ def test_oru_parses_with_python_hl7_and_fields_are_as_specified(scored, ecg_data
     assert [str(s[8]) for s in nm] == ["A", "N", "N", "A"]
     assert all(str(s[6]) == "1^^UCUM" and str(s[11]) == "P" for s in nm)
     risk = [str(s[5]) for s in obx if str(s[3][0][0]).endswith("-RISK")]
-    assert risk == ["15508007^High risk^SCT", "75976002^Low risk^SCT", "75976002^Low risk^SCT", "15508007^High risk^SCT"]
+    assert risk == [
+        "15508007^High risk^SCT",
+        "75976002^Low risk^SCT",
+        "75976002^Low risk^SCT",
+        "15508007^High risk^SCT",
+    ]
     overall = [s for s in obx if str(s[3][0][0]) == "ANY-FLAG"][0]
     assert (str(overall[5][0][0]), str(overall[8])) == ("Y", "A")
     ed = [s for s in obx if str(s[2]) == "ED"][0]
@@ -69,7 +74,11 @@ def test_oru_parses_with_hl7apy_strict_structure(scored):
 
 def test_our_validator_passes_our_messages(scored, ecg_dataset, ecg_bytes):
     assert validate_oru(scored) == []
-    ne = build_oru(not_evaluated_input(ecg_dataset, ecg_bytes), control_id="X1", profile=OruProfile(not_evaluated_mode="X"))
+    ne = build_oru(
+        not_evaluated_input(ecg_dataset, ecg_bytes),
+        control_id="X1",
+        profile=OruProfile(not_evaluated_mode="X"),
+    )
     assert validate_oru(ne) == []
     msg = hl7.parse(ne.decode("utf-8"))
     assert str(msg.segment("OBR")[25]) == "X"
