@@ -27,6 +27,7 @@ import io
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -183,7 +184,7 @@ class DicomScp:
         assert isinstance(server, _Server)
         server.scp = self
         ae._servers.append(server)  # so that ae.shutdown() and active_associations see it
-        thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="dicom-scp", daemon=True)
         thread.start()
         self._ae, self._server, self._thread = ae, server, thread
         host, port = self.address
@@ -201,11 +202,16 @@ class DicomScp:
             server.shutdown()
         except ValueError:
             pass
+        deadline = time.monotonic() + timeout_s
         for assoc in list(ae.active_associations):
             assoc.abort()
-            assoc.join(timeout_s)
+        # Associations whose peer vanished before negotiating wait out acse_timeout on a dead socket; they
+        # are daemon threads holding nothing, so they get a short grace period, not the whole timeout.
+        grace = min(deadline, time.monotonic() + 1.0)
+        for assoc in list(ae.active_associations):
+            assoc.join(max(0.0, grace - time.monotonic()))
         if thread is not None:
-            thread.join(timeout_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
         logger.info("DICOM SCP stopped")
 
     @property
@@ -337,12 +343,12 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 def _readable(data: bytes) -> bool:
-    """True when ``data`` parses as a DICOM dataset (every element), whatever its content."""
+    """True when ``data`` parses as a DICOM dataset (every element) that names its SOP class or instance."""
     try:
         ds = dcmread(io.BytesIO(data), force=True)
         for _elem in ds.iterall():
             pass
-        return "SOPClassUID" in ds or "WaveformSequence" in ds or len(ds) > 0
+        return bool(ds.get("SOPClassUID") or ds.get("SOPInstanceUID"))
     except Exception:  # noqa: BLE001 - any parse failure means "cannot understand"
         return False
 

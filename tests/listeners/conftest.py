@@ -1,0 +1,69 @@
+"""Fixtures for the listener tests: a migrated embedded service context and running listeners on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from ecgcad.config import Settings, load_settings
+from ecgcad.context import AppContext
+from ecgcad.db.migrate import upgrade
+
+ECG_FILE = str(get_testdata_file("waveform_ecg.dcm"))
+
+#: dcmtk tools stall ~40 ms per exchange without it (Nagle + delayed ACK on their side).
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test service under ``data_dir``: ephemeral ports, no disk reserve."""
+    base: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "dicom": {"port": 0, "network_timeout_s": 10},
+        "hl7": {"port": 0},
+        "queue": {"min_free_disk_mb": 0},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            base[key] = {**base.get(key, {}), **value}
+        else:
+            base[key] = value
+    return load_settings(None, **base)
+
+
+@pytest.fixture
+def make_ctx(tmp_path: Path) -> Iterator[Callable[..., AppContext]]:
+    """Build a migrated embedded :class:`AppContext` (settings overrides as keyword dicts)."""
+    made: list[AppContext] = []
+
+    def factory(**overrides: Any) -> AppContext:
+        settings = make_settings(tmp_path / f"svc{len(made)}", **overrides)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.effective_database_url)
+        ctx = AppContext.from_settings(settings)
+        made.append(ctx)
+        return ctx
+
+    yield factory
+    for ctx in made:
+        ctx.close()
+
+
+@pytest.fixture
+def ctx(make_ctx: Callable[..., AppContext]) -> AppContext:
+    """A default test context."""
+    return make_ctx()
+
+
+def require_tool(name: str) -> str:
+    """The path of an external peer, or a visible skip."""
+    path = shutil.which(name) or (name if os.path.exists(name) else None)
+    if not path:
+        pytest.skip(f"{name} is not installed")
+    return path
