@@ -112,13 +112,13 @@ class Worker:
             )
             failures = dict.fromkeys((j.id for j in jobs), exc)
         for job in jobs:
-            exc = failures.get(job.id)
-            if exc is None:
+            error = failures.get(job.id)
+            if error is None:
                 self.queue.complete(job.id)
                 self.processed += 1
             else:
                 state = self.queue.retry_later(
-                    job.id, f"{type(exc).__name__}: {exc}", retryable=is_retryable(exc)
+                    job.id, f"{type(error).__name__}: {error}", retryable=is_retryable(error)
                 )
                 logger.warning(
                     "job %s (%s) attempt %d failed (%s) -> %s",
