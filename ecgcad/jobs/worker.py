@@ -125,7 +125,7 @@ class Worker:
                     job.id,
                     job.kind,
                     job.attempts,
-                    type(exc).__name__,
+                    type(error).__name__,
                     state,
                 )
 
