@@ -121,7 +121,9 @@ def _strip_prefix(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_state_dict(data: bytes, source: str = "<bytes>") -> tuple[dict[str, torch.Tensor], dict | None]:
+def read_state_dict(
+    data: bytes, source: str = "<bytes>"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The state dict (``module.`` stripped) and our metadata (``None`` for foreign formats).
 
     Raises

@@ -98,7 +98,7 @@ def _reason(code: str, text: str) -> dict[str, str]:
     return {"code": code, "text": text}
 
 
-def canonical_signal(path: Path, settings: Settings) -> tuple[np.ndarray | None, list[dict[str, str]]]:
+def canonical_signal(path: Path, settings: Settings) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
     """Decode ``path``, gate it and cut the model window: ``(signal or None, reasons)``.
 
     Uses the same readers, gate and windowing as the service (``ecgcad.integration``).
@@ -113,7 +113,7 @@ def canonical_signal(path: Path, settings: Settings) -> tuple[np.ndarray | None,
     except OSError as exc:
         return None, [_reason("read-error", exc.strerror or str(exc))]
     verdict = gate.check(ecg, settings.gate)
-    reasons = [_reason(str(r.code), str(r.text)) for r in verdict.reasons]
+    reasons = [r.to_dict() if hasattr(r, "to_dict") else _reason(r.code, r.text) for r in verdict.reasons]
     if not verdict.scorable:
         return None, reasons
     try:

@@ -156,3 +156,16 @@ def test_unreadable_and_unsafe_files_are_checkpoint_errors(tmp_path: Path) -> No
         load_checkpoint(unsafe)
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_cli_import_ecgfounder_writes_a_starting_checkpoint(tmp_path: Path, founder_file: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ecgcad.cli import app
+
+    out = tmp_path / "init.pt"
+    result = CliRunner().invoke(app, ["model", "import-ecgfounder", str(founder_file), str(out)])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out).outputs == ("rca", "lm", "lad", "lcx")
+    bad = CliRunner().invoke(app, ["model", "import-ecgfounder", str(tmp_path / "absent.pth"), str(out)])
+    assert bad.exit_code == 2 and "cannot read checkpoint" in bad.stderr
