@@ -132,7 +132,17 @@ def _decode(data: bytes, filename: str | None, depth: int) -> Ecg:
             ecg = read_hl7v2(data, lambda inner: _decode(inner, filename, depth + 1))
     except DecodeError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, UnicodeError, struct.error) as exc:
+    except (
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        UnicodeError,
+        struct.error,
+        OSError,
+        EOFError,
+    ) as exc:
         # Garbage that slipped past a reader's own checks: still a typed, one-line decode error.
         logger.debug("decode of %s failed inside the %s reader", filename or "input", fmt, exc_info=True)
         raise DecodeError(f"{fmt} data cannot be decoded: {type(exc).__name__}: {str(exc)[:120]}") from exc

@@ -306,7 +306,8 @@ def _parse_pydicom(data: bytes) -> Node:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
-            ds.get(_WaveformSequence)  # force parsing of the waveform now, inside the guard
+            for _elem in ds.iterall():  # pydicom reads lazily: force every value now, inside the guard
+                pass
     except (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, OSError, EOFError) as exc:
         raise DecodeError(f"DICOM object cannot be parsed: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on garbage; report as decode error
