@@ -145,6 +145,28 @@ class GateSettings(_Section):
     min_sampling_rate_hz: float = Field(250.0, gt=0)
     min_duration_s: float = Field(10.0, gt=0)
     window_policy: Literal["first", "best"] = Field("first", description="Which 10 s of a longer record.")
+    min_independent_leads: int = Field(
+        8, ge=1, le=12, description="Fewer independent leads (2 limb + precordial found) → too_few_leads."
+    )
+    flat_range_mv: float = Field(
+        0.05, ge=0, description="A lead whose 0.5–99.5 % range is below this (mV) is flat."
+    )
+    disconnected_nan_fraction: float = Field(
+        0.5, ge=0, le=1, description="A lead with more missing (padding) samples than this is disconnected."
+    )
+    saturation_fraction: float = Field(
+        0.02, gt=0, le=1, description="Fraction of samples on a lead's extreme value that means clipping."
+    )
+    noise_mv: float = Field(
+        0.1, gt=0, description="Robust SD of the > 40 Hz content (mV) above which → noise."
+    )
+    baseline_wander_mv: float = Field(
+        2.0, gt=0, description="Range of the < 0.7 Hz content (mV) above which → baseline_wander."
+    )
+    pace_slope_mv_per_ms: float = Field(1.0, gt=0, description="Slope (mV/ms) of a pacemaker spike.")
+    min_pace_spikes: int = Field(
+        3, ge=1, description="Pacemaker spikes in a record that mean a paced rhythm."
+    )
 
 
 class DestinationSettings(_Section):

@@ -141,3 +141,10 @@ def test_reasons_are_json_ready_and_free_of_patient_identifiers(x500):
     assert {r["code"] for r in d["reasons"]} >= {"too_short", "flat_lead", "underage"}
     text = repr(d)
     assert w.TEST_IDENTIFIERS.patient_id not in text and "Testperson" not in text
+
+
+def test_quality_thresholds_come_from_settings(x500):
+    x = x500.copy()
+    x[LEADS.index("V4")] += np.random.default_rng(0).normal(0, 0.4, 5000).astype(np.float32)
+    assert check(_ecg(x, 500.0)).codes == ["noise"]
+    assert check(_ecg(x, 500.0), GateSettings(noise_mv=1.0)).scorable
