@@ -23,9 +23,7 @@ import dataclasses
 import numpy as np
 
 from ecgcad.integration.ecg import LEADS, TARGET_RATE_HZ, TARGET_SAMPLES
-
-#: Output order of the vessel labels (the model contract's order).
-VESSELS: tuple[str, ...] = ("rca", "lm", "lad", "lcx")
+from ecgcad.model.risk import VESSELS
 
 #: Default prevalence per vessel, in :data:`VESSELS` order.
 DEFAULT_PREVALENCE: tuple[float, ...] = (0.3, 0.15, 0.3, 0.3)
