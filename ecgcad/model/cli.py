@@ -138,7 +138,8 @@ def _human_line(record: dict[str, Any]) -> str:
 def score(
     paths: Annotated[list[Path], typer.Argument(help="ECG files or folders (DICOM, MUSE XML, aECG, HL7).")],
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint (default: the model.checkpoint setting, else the demo model).")
+        Path | None,
+        typer.Option(help="Checkpoint (default: the model.checkpoint setting, else the demo model)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line per ECG on stdout.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Add attributions and median beats.")] = False,
