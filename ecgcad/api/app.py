@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ecgcad import __version__
@@ -45,9 +45,18 @@ def create_app(ctx: Any) -> FastAPI:
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:
-        """Prometheus text format."""
+    def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text format (anonymous unless ``[api] metrics_public = false``; then any token)."""
         from ecgcad.api.metrics import render_metrics
+
+        if not ctx.settings.api.metrics_public:
+            from ecgcad.api.auth import EVERYONE, Principal
+            from ecgcad.api.deps import resolve
+
+            if not isinstance(resolve(request, EVERYONE), Principal):
+                raise HTTPException(
+                    401, "a bearer token is needed for /metrics", headers={"WWW-Authenticate": "Bearer"}
+                )
 
         return PlainTextResponse(render_metrics(ctx), media_type="text/plain; version=0.0.4")
 

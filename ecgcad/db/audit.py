@@ -45,6 +45,9 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "api.query": ("110112", "E"),
     "api.action": ("110110", "E"),
     "auth.failed": ("110114", "E"),
+    "auth.login": ("110114", "E"),
+    "auth.logout": ("110114", "E"),
+    "auth.denied": ("110113", "E"),
     "token.created": ("110113", "C"),
     "token.revoked": ("110113", "D"),
     "config.changed": ("110100", "U"),
@@ -167,7 +170,9 @@ def verify_chain(events: Iterable[AuditEvent]) -> ChainReport:
     for event in events:
         n += 1
         if event.prev_hash != prev:
-            return ChainReport(False, n, event.id, "prev_hash does not match the previous event (row removed or inserted)")
+            return ChainReport(
+                False, n, event.id, "prev_hash does not match the previous event (row removed or inserted)"
+            )
         if event_hash(prev, event) != event.hash:
             return ChainReport(False, n, event.id, "content does not match its hash (row changed)")
         prev = event.hash
@@ -176,4 +181,141 @@ def verify_chain(events: Iterable[AuditEvent]) -> ChainReport:
 
 def verify_session(session: Session, batch: int = 5000) -> ChainReport:
     """Verify the whole chain stored in the database."""
-    return verify_chain(session.execute(select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=batch)).scalars())
+    return verify_chain(
+        session.execute(
+            select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=batch)
+        ).scalars()
+    )
+
+
+# -- queries ---------------------------------------------------------------------------------------------
+
+#: Columns of an exported event, in CSV order.
+EXPORT_FIELDS = (
+    "id",
+    "occurred_at",
+    "event_id",
+    "event_type",
+    "action",
+    "outcome",
+    "user",
+    "role",
+    "ae_title",
+    "address",
+    "patient_id",
+    "issuer_of_patient_id",
+    "study_instance_uid",
+    "sop_instance_uid",
+    "ecg_id",
+    "query",
+    "detail",
+    "hash",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters for :func:`query_events`; every field is optional and they combine with AND.
+
+    Parameters
+    ----------
+    patient_id:
+        Exact Patient ID (0010,0020) of the participant object.
+    user:
+        Exact active-participant user (token name, ``cli:<login>``, AE title of a peer, ...).
+    event:
+        Our event type (``api.read``) or, when all digits, the DICOM event ID code (``110101``).
+    since, until:
+        Inclusive lower / exclusive upper bound on ``occurred_at`` (naive values are UTC).
+    ecg_id:
+        Events about one ECG.
+    """
+
+    patient_id: str | None = None
+    user: str | None = None
+    event: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    ecg_id: int | None = None
+
+    def describe(self) -> str:
+        """The filters as a compact ``key=value`` string (what the audit event records as its query)."""
+        parts = []
+        for name in ("patient_id", "user", "event", "since", "until", "ecg_id"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={value.isoformat() if isinstance(value, dt.datetime) else value}")
+        return "&".join(parts)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def query_events(
+    session: Session, filters: AuditQuery, *, limit: int = 1000, before_id: int | None = None
+) -> list[AuditEvent]:
+    """Audit events matching ``filters``, newest first.
+
+    Parameters
+    ----------
+    session:
+        An open session.
+    filters:
+        See :class:`AuditQuery`.
+    limit:
+        At most this many events.
+    before_id:
+        Only events with a smaller id (the cursor of the next page).
+
+    Returns
+    -------
+    list[AuditEvent]
+        Newest first.
+    """
+    stmt = select(AuditEvent)
+    if filters.patient_id is not None:
+        stmt = stmt.where(AuditEvent.patient_id == filters.patient_id)
+    if filters.user is not None:
+        stmt = stmt.where(AuditEvent.user == filters.user)
+    if filters.event is not None:
+        if filters.event.isdigit():
+            stmt = stmt.where(AuditEvent.event_id == filters.event)
+        else:
+            stmt = stmt.where(AuditEvent.event_type == filters.event)
+    if filters.since is not None:
+        stmt = stmt.where(AuditEvent.occurred_at >= _utc(filters.since))
+    if filters.until is not None:
+        stmt = stmt.where(AuditEvent.occurred_at < _utc(filters.until))
+    if filters.ecg_id is not None:
+        stmt = stmt.where(AuditEvent.ecg_id == filters.ecg_id)
+    if before_id is not None:
+        stmt = stmt.where(AuditEvent.id < before_id)
+    return list(session.execute(stmt.order_by(AuditEvent.id.desc()).limit(limit)).scalars())
+
+
+def event_as_dict(event: AuditEvent) -> dict[str, Any]:
+    """An event as a JSON-ready dict with the :data:`EXPORT_FIELDS` keys (times in ISO 8601 UTC)."""
+    out: dict[str, Any] = {}
+    for name in EXPORT_FIELDS:
+        value = getattr(event, name)
+        if isinstance(value, dt.datetime):
+            value = _utc(value).isoformat()
+        out[name] = value
+    return out
+
+
+def events_to_csv(events: Iterable[AuditEvent]) -> str:
+    """Events as CSV text with a header row (``detail`` as compact JSON)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(EXPORT_FIELDS)
+    for event in events:
+        row = event_as_dict(event)
+        if row["detail"] is not None:
+            row["detail"] = json.dumps(row["detail"], sort_keys=True, separators=(",", ":"))
+        writer.writerow(["" if row[k] is None else row[k] for k in EXPORT_FIELDS])
+    return buf.getvalue()

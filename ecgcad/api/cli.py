@@ -1,0 +1,188 @@
+"""``ecgcad token …`` and ``ecgcad audit …`` commands (registered by :mod:`ecgcad.cli`).
+
+Exit codes: 0 success, 1 ``audit verify`` found a broken chain, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+from typing import Any
+
+import typer
+
+from ecgcad.clitools import ConfigOption, fail, settings_or_fail
+from ecgcad.errors import EcgcadError
+
+token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail: query, export, verify.", no_args_is_help=True)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "cli"
+
+
+def _database(config: Any) -> Any:
+    from ecgcad.db.session import Database
+    from ecgcad.service import ensure_schema
+
+    settings = settings_or_fail(config)
+    try:
+        ensure_schema(settings)
+    except EcgcadError as exc:
+        fail(str(exc))
+    return Database.from_settings(settings)
+
+
+def _when(value: str | None, option: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option}: not an ISO 8601 date or time: {value!r}")
+
+
+@token_app.command("create")
+def token_create(
+    name: str = typer.Argument(..., help="Token name (the user in audit events)."),
+    role: str = typer.Option(..., "--role", help="admin | operator | viewer."),
+    config: ConfigOption = None,
+) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from ecgcad.api.auth import create_token
+
+    db = _database(config)
+    try:
+        with db.session() as s:
+            token = create_token(s, name, role, actor=_actor())
+    except EcgcadError as exc:
+        fail(str(exc))
+    finally:
+        db.dispose()
+    typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str = typer.Argument(..., help="Token name."), config: ConfigOption = None) -> None:
+    """Revoke a token; requests with it get 401 from now on."""
+    from ecgcad.api.auth import revoke_token
+
+    db = _database(config)
+    try:
+        with db.session() as s:
+            revoke_token(s, name, actor=_actor())
+    except EcgcadError as exc:
+        fail(str(exc))
+    finally:
+        db.dispose()
+    typer.echo(f"revoked {name}")
+
+
+@token_app.command("list")
+def token_list(config: ConfigOption = None) -> None:
+    """List tokens (name, role, created, last used, revoked) — never the tokens themselves."""
+    from ecgcad.api.auth import list_tokens
+
+    db = _database(config)
+    try:
+        with db.session() as s:
+            rows = [(t.name, t.role, t.created_at, t.last_used_at, t.revoked_at) for t in list_tokens(s)]
+    finally:
+        db.dispose()
+    for name, role, created, used, revoked in rows:
+        state = f"revoked {revoked:%Y-%m-%d %H:%M}" if revoked else "active"
+        last = f"{used:%Y-%m-%d %H:%M}" if used else "never"
+        typer.echo(f"{name}\t{role}\t{created:%Y-%m-%d %H:%M}\tlast used {last}\t{state}")
+
+
+@audit_app.command("query")
+def audit_query(
+    patient_id: str | None = typer.Option(None, "--patient-id", help="Patient ID (0010,0020)."),
+    user: str | None = typer.Option(None, "--user", help="Token name, cli:<login>, …"),
+    event: str | None = typer.Option(None, "--event", help="Event type (api.read) or DICOM code (110101)."),
+    since: str | None = typer.Option(None, "--since", help="At or after (ISO 8601, UTC if no zone)."),
+    until: str | None = typer.Option(None, "--until", help="Before (ISO 8601, UTC if no zone)."),
+    format: str = typer.Option("table", "--format", help="table | json | csv."),
+    limit: int = typer.Option(10000, "--limit", min=1, help="At most this many events (newest first)."),
+    config: ConfigOption = None,
+) -> None:
+    """Query the audit trail; the query is itself recorded (DICOM 110101 Audit Log Used)."""
+    from ecgcad.db import audit
+
+    if format not in ("table", "json", "csv"):
+        fail(f"--format must be table, json or csv, not {format!r}")
+    filters = audit.AuditQuery(
+        patient_id=patient_id,
+        user=user,
+        event=event,
+        since=_when(since, "--since"),
+        until=_when(until, "--until"),
+    )
+    db = _database(config)
+    try:
+        with db.session() as s:
+            events = audit.query_events(s, filters, limit=limit)
+            rows = [audit.event_as_dict(e) for e in events]
+            csv_text = audit.events_to_csv(events) if format == "csv" else ""
+            audit.record(
+                s,
+                "audit.read",
+                user=_actor(),
+                role="cli",
+                patient_id=patient_id,
+                query=filters.describe(),
+                detail={"what": "ecgcad audit query", "count": len(rows), "format": format},
+            )
+    finally:
+        db.dispose()
+    if format == "json":
+        typer.echo(json.dumps(rows, indent=2))
+    elif format == "csv":
+        typer.echo(csv_text, nl=False)
+    else:
+        header = (
+            "id",
+            "occurred_at",
+            "event_type",
+            "event_id",
+            "outcome",
+            "user",
+            "role",
+            "patient_id",
+            "ecg_id",
+        )
+        typer.echo("\t".join(header))
+        for row in rows:
+            typer.echo("\t".join("" if row[k] is None else str(row[k]) for k in header))
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Check the audit hash chain; exit 1 and name the first broken link if it is broken."""
+    from ecgcad.db.audit import verify_session
+
+    db = _database(config)
+    try:
+        with db.session() as s:
+            report = verify_session(s)
+    finally:
+        db.dispose()
+    if report.ok:
+        typer.echo(f"audit chain intact: {report.checked} events")
+        return
+    typer.echo(
+        f"audit chain BROKEN at event {report.first_broken_id} ({report.checked} checked): {report.reason}",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``token`` and ``audit`` to the ``ecgcad`` command."""
+    app.add_typer(token_app, name="token")
+    app.add_typer(audit_app, name="audit")
