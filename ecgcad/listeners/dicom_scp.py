@@ -87,12 +87,7 @@ def supported_contexts() -> list[PresentationContext]:
 
 
 def _default_decoder() -> Decoder:
-    try:
-        from ecgcad.integration.readers import decode
-    except ImportError:  # the formats package is not installed in this build
-
-        def decode(data: bytes, *, filename: str | None = None) -> Any:
-            raise DecodeError("no ECG reader available in this build")
+    from ecgcad.integration.readers import decode
 
     return decode
 
@@ -165,10 +160,10 @@ class DicomScp:
         ae.dimse_timeout = s.network_timeout_s
         ae.require_calling_aet = list(s.allowed_calling_aets)
         for cx in supported_contexts():
-            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
+            ae.add_supported_context(str(cx.abstract_syntax), cx.transfer_syntax)
         if not s.allowed_calling_aets:
             logger.warning("DICOM SCP accepts any calling AE title (dicom.allowed_calling_aets is empty)")
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ESTABLISHED, self._on_established),

@@ -44,12 +44,7 @@ class NotRetryable(QueueError):
 
 
 def _default_decoder() -> Decoder:
-    try:
-        from ecgcad.integration.readers import decode
-    except ImportError:
-
-        def decode(data: bytes, *, filename: str | None = None) -> Any:
-            raise DecodeError("no ECG reader available in this build")
+    from ecgcad.integration.readers import decode
 
     return decode
 

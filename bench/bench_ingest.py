@@ -1,0 +1,234 @@
+"""Ingest throughput, side by side in one run: our durable listeners vs non-durable baselines.
+
+* DICOM: C-STORE/s of pydicom's real ECG (``waveform_ecg.dcm``, N copies with new SOP Instance UIDs) over one
+  association from dcmtk ``storescu`` (``TCP_NODELAY=1``) into our SCP (decode + fsync + commit before
+  ``0x0000``) vs into a bare pynetdicom SCP that only decodes the waveform. Target ≥ 1.0×.
+* HL7: ORU^R01 messages/s over one persistent MLLP connection (stop-and-wait: each message after the previous
+  ACK) into our server (fsync + commit before ``AA``) vs python-hl7's asyncio echo server. Target ≥ 0.6×.
+
+Run: ``.venv/bin/python bench/bench_ingest.py [--dicom N] [--hl7 N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pydicom  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+from ecgcad.config import load_settings  # noqa: E402
+from ecgcad.context import AppContext  # noqa: E402
+from ecgcad.db.migrate import upgrade  # noqa: E402
+from ecgcad.integration.mllp import MllpDecoder, frame  # noqa: E402
+from ecgcad.listeners.dicom_scp import DicomScp, supported_contexts  # noqa: E402
+from ecgcad.listeners.hl7_server import Hl7Server  # noqa: E402
+
+ECG_FILE = str(get_testdata_file("waveform_ecg.dcm"))
+
+
+def _ctx(root: Path) -> AppContext:
+    settings = load_settings(
+        None,
+        data_dir=str(root),
+        dicom={"port": 0},
+        hl7={"port": 0},
+        queue={"min_free_disk_mb": 0, "max_depth": 10_000_000},
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+    return AppContext.from_settings(settings)
+
+
+def _write_copies(folder: Path, n: int) -> list[str]:
+    template = pydicom.dcmread(ECG_FILE)
+    paths = []
+    for i in range(n):
+        ds = copy.deepcopy(template)
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"ecg{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(str(path))
+    return paths
+
+
+def _storescu(host: str, port: int, files: list[str]) -> float:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        ["storescu", "-aec", "ECGCAD", "-xs", host, str(port), *files],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    elapsed = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"storescu failed: {r.stderr[-2000:]}")
+    return elapsed
+
+
+def _bare_scp() -> tuple[object, tuple[str, int]]:
+    """A pynetdicom SCP that decodes the waveform and answers 0x0000; nothing is stored."""
+    from pynetdicom import AE, evt
+
+    def on_store(event: object) -> int:
+        ds = event.dataset  # type: ignore[attr-defined]
+        for i in range(len(ds.WaveformSequence)):
+            ds.waveform_array(i)
+        return 0
+
+    ae = AE(ae_title="ECGCAD")
+    for cx in supported_contexts():
+        ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return server, server.server_address[:2]
+
+
+def bench_dicom(n: int, tmp: Path) -> tuple[float, float]:
+    folder = tmp / "files"
+    folder.mkdir()
+    files = _write_copies(folder, n + 5)
+    warm, timed = files[:5], files[5:]
+    server, address = _bare_scp()
+    try:
+        _storescu(*address, warm)
+        bare = n / _storescu(*address, timed)
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    ctx = _ctx(tmp / "svc-dicom")
+    scp = DicomScp(ctx)
+    scp.start()
+    try:
+        _storescu(*scp.address, warm)
+        ours = n / _storescu(*scp.address, timed)
+    finally:
+        scp.stop()
+        ctx.close()
+    return ours, bare
+
+
+def _oru(i: int) -> bytes:
+    return (
+        f"MSH|^~\\&|CART|WARD|ECGCAD|HOSP|20240101120000||ORU^R01^ORU_R01|B{i:07d}|P|2.5.1\r"
+        f"PID|1||PAT{i}^^^HOSP^MR||DOE^JOHN||19600101|M\r"
+        f"ORC|RE|PL{i}|FI{i}\rOBR|1|PL{i}|FI{i}|93000^ECG^CPT|||20240101115500\r"
+        f"OBX|1|ST|TEXT||resting ECG||||||F\r"
+    ).encode()
+
+
+async def _stream(address: tuple[str, int], messages: list[bytes]) -> float:
+    reader, writer = await asyncio.open_connection(*address)
+    decoder = MllpDecoder()
+    pending: list[bytes] = []
+    t0 = time.perf_counter()
+    for m in messages:
+        writer.write(frame(m))
+        await writer.drain()
+        while not pending:
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            if not data:
+                raise ConnectionError("server closed")
+            pending += decoder.feed(data)
+        ack = pending.pop(0)
+        if b"MSA|AA|" not in ack and b"MSA|" in ack:
+            raise RuntimeError(f"not accepted: {ack[:200]!r}")
+    elapsed = time.perf_counter() - t0
+    writer.close()
+    await writer.wait_closed()
+    return elapsed
+
+
+def _echo_server() -> tuple[threading.Thread, tuple[str, int], asyncio.AbstractEventLoop]:
+    import hl7.mllp
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, object] = {}
+
+    async def handle(hl7_reader: object, hl7_writer: object) -> None:
+        try:
+            while not hl7_writer.is_closing():  # type: ignore[attr-defined]
+                message = await hl7_reader.readmessage()  # type: ignore[attr-defined]
+                hl7_writer.writemessage(message.create_ack())  # type: ignore[attr-defined]
+                await hl7_writer.drain()  # type: ignore[attr-defined]
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            hl7_writer.close()  # type: ignore[attr-defined]
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(hl7.mllp.start_hl7_server(handle, "127.0.0.1", 0))
+        holder["address"] = server.sockets[0].getsockname()[:2]
+        holder["server"] = server
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    return thread, holder["address"], loop  # type: ignore[return-value]
+
+
+def bench_hl7(n: int, tmp: Path) -> tuple[float, float]:
+    messages = [_oru(i) for i in range(n + 50)]
+    thread, address, loop = _echo_server()
+    asyncio.run(_stream(address, messages[:50]))
+    echo = n / asyncio.run(_stream(address, messages[50:]))
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    ctx = _ctx(tmp / "svc-hl7")
+    server = Hl7Server(ctx)
+    server.start()
+    try:
+        asyncio.run(_stream(server.address, messages[:50]))
+        ours = n / asyncio.run(_stream(server.address, messages[50:]))
+    finally:
+        server.stop()
+        ctx.close()
+    return ours, echo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dicom", type=int, default=200, help="C-STOREs per run")
+    parser.add_argument("--hl7", type=int, default=1000, help="ORU messages per run")
+    args = parser.parse_args()
+    import logging
+
+    logging.disable(logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        rows = []
+        if shutil.which("storescu"):
+            ours, bare = bench_dicom(args.dicom, tmp)
+            rows.append(
+                ("DICOM C-STORE/s (storescu, 1 assoc)", ours, bare, "bare pynetdicom decode-only", 1.0)
+            )
+        ours, echo = bench_hl7(args.hl7, tmp)
+        rows.append(("HL7 ORU msg/s (1 MLLP conn)", ours, echo, "python-hl7 asyncio echo", 0.6))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'benchmark':38} {'ecgcad':>10} {'baseline':>10} {'ratio':>7} {'target':>7}  baseline")
+    for name, ours, base, label, target in rows:
+        ratio = ours / base
+        verdict = "ok" if ratio >= target else "BELOW"
+        print(f"{name:38} {ours:10.1f} {base:10.1f} {ratio:6.2f}x {target:6.1f}x  {label} [{verdict}]")
+
+
+if __name__ == "__main__":
+    main()
