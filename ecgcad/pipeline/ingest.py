@@ -28,7 +28,7 @@ from ecgcad.db.models import EcgRecord, SourceObject
 from ecgcad.db.objects import ObjectStore
 from ecgcad.db.session import Database
 from ecgcad.errors import BackPressureError
-from ecgcad.integration.ecg import Ecg
+from ecgcad.integration.ecg import Ecg, EcgIdentifiers
 from ecgcad.jobs.queue import JobQueue
 from ecgcad.logsetup import uid_hash
 
@@ -46,42 +46,48 @@ class IngestResult:
     new_version: bool = False
 
 
-def ecg_row_from(ecg: Ecg | None, source_object_id: int) -> EcgRecord:
-    """An :class:`EcgRecord` with the identifiers of ``ecg`` (or an empty one when decoding failed)."""
-    row = EcgRecord(source_object_id=source_object_id, state="queued")
-    if ecg is None:
-        return row
-    ids = ecg.identifiers
-    for name in (
-        "patient_id",
-        "issuer_of_patient_id",
-        "patient_name",
-        "patient_birth_date",
-        "patient_sex",
-        "patient_age",
-        "accession_number",
-        "issuer_of_accession_number",
-        "study_instance_uid",
-        "series_instance_uid",
-        "sop_instance_uid",
-        "sop_class_uid",
-        "placer_order_number",
-        "filler_order_number",
-        "acquisition_datetime",
-        "device",
-    ):
+_IDENTIFIER_COLUMNS = (
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "patient_age",
+    "accession_number",
+    "issuer_of_accession_number",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "placer_order_number",
+    "filler_order_number",
+    "acquisition_datetime",
+    "device",
+)
+
+
+def _copy_identifiers(row: EcgRecord, ids: EcgIdentifiers) -> None:
+    for name in _IDENTIFIER_COLUMNS:
         value = getattr(ids, name, None)
         length = getattr(EcgRecord.__table__.c[name].type, "length", None)
         if isinstance(value, str) and length:
             value = value[:length]  # over-long vendor values must not make the row unstorable
         setattr(row, name, value)
+    row.identifiers = ids.to_dict()
+
+
+def ecg_row_from(ecg: Ecg | None, source_object_id: int) -> EcgRecord:
+    """An :class:`EcgRecord` with the identifiers of ``ecg`` (or an empty one when decoding failed)."""
+    row = EcgRecord(source_object_id=source_object_id, state="queued")
+    if ecg is None:
+        return row
+    _copy_identifiers(row, ecg.identifiers)
     row.format = ecg.format
     row.sampling_rate = float(ecg.sampling_rate)
     row.duration_s = float(ecg.duration_s)
     row.leads = list(ecg.source_leads)
     row.derived_leads = list(ecg.derived_leads)
     row.notes = list(ecg.notes)
-    row.identifiers = ids.to_dict()
     row.decode_status = "decoded"
     return row
 
@@ -159,11 +165,13 @@ class Ingestor:
         calling_ae: str | None = None,
         peer_address: str | None = None,
         kind: str = "dicom",
+        identifiers: EcgIdentifiers | None = None,
     ) -> IngestResult:
         """Store one DICOM instance (decoded to ``ecg``, or with ``decode_error``) and queue its scoring.
 
         A byte-identical instance already stored is a duplicate: nothing new is queued. The same SOP Instance
-        UID with different bytes is stored as a new version and audited.
+        UID with different bytes is stored as a new version and audited. When decoding failed, pass the
+        ``identifiers`` read from the dataset (if any) so the "not evaluated" report reaches the right patient.
         """
         sha = hashlib.sha256(data).hexdigest()
         with self.db.session() as session:
@@ -209,6 +217,8 @@ class Ingestor:
             )
             row = ecg_row_from(ecg, obj.id)
             if ecg is None:
+                if identifiers is not None:
+                    _copy_identifiers(row, identifiers)
                 row.decode_status = "failed"
                 row.decode_reason = decode_error or "not decodable"
                 row.sop_instance_uid = sop_instance_uid

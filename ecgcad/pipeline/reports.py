@@ -19,6 +19,27 @@ logger = logging.getLogger(__name__)
 VESSELS = ("rca", "lm", "lad", "lcx")
 DICOM_SOURCE_KINDS = ("dicom", "file", "pacs")
 
+#: Gate / decode reason codes → the coded reason of reports (DICOM CodeValue is SH: at most 16 characters).
+REPORT_REASON_CODES = {
+    "decode_failed": "DECODE_FAILED",
+    "too_few_leads": "TOO_FEW_LEADS",
+    "too_short": "TOO_SHORT",
+    "low_sampling_rate": "LOW_SAMPLE_RATE",
+    "flat_lead": "FLAT_LEAD",
+    "saturation": "SATURATION",
+    "noise": "NOISE",
+    "baseline_wander": "BASELINE_WANDER",
+    "pacemaker": "PACEMAKER",
+    "underage": "UNDERAGE",
+    "not_evaluated": "NOT_EVALUATED",
+}
+
+
+def report_reason_code(code: str | None) -> str:
+    """The report code of a stored reason code (upper case, ≤ 16 characters)."""
+    code = code or "not_evaluated"
+    return REPORT_REASON_CODES.get(code, code.upper().replace(".", "_")[:16])
+
 
 def _identifiers(ecg: EcgRecord) -> EcgIdentifiers:
     if ecg.identifiers:
@@ -41,12 +62,16 @@ def _canonical_signal(ctx: Any, raw: bytes) -> np.ndarray | None:
     from ecgcad.integration.signal import canonical_window
 
     try:
-        return np.asarray(canonical_window(decode(raw), ctx.settings.gate.window_policy).signal, dtype=np.float32)
+        return np.asarray(
+            canonical_window(decode(raw), ctx.settings.gate.window_policy).signal, dtype=np.float32
+        )
     except (DecodeError, NotScorableError):
         return None
 
 
-def _explanations(ctx: Any, session: Session, result: Result, signal: np.ndarray) -> dict[str, list[dict[str, Any]]] | None:
+def _explanations(
+    ctx: Any, session: Session, result: Result, signal: np.ndarray
+) -> dict[str, list[dict[str, Any]]] | None:
     """Top windows per vessel; computed once with the result's model and cached on the result row."""
     if not result.scorable:
         return None
@@ -61,19 +86,33 @@ def _explanations(ctx: Any, session: Session, result: Result, signal: np.ndarray
             expl = explain(predictor, np.nan_to_num(signal))
             result.explanations = expl
             session.flush()
-        except EcgcadError:
-            logger.warning("explanations unavailable for result %s", result.id, exc_info=True)
+        except EcgcadError as exc:
+            logger.warning("explanations unavailable for result %s: %s", result.id, exc)
             return None
-    return {v: [{k: w[k] for k in ("lead", "start", "end")} for w in expl["vessels"][v]["top_windows"]] for v in VESSELS}
+    return {
+        v: [{k: w[k] for k in ("lead", "start", "end")} for w in expl["vessels"][v]["top_windows"]]
+        for v in VESSELS
+    }
 
 
-def build_report_input(ctx: Any, session: Session, result: Result, *, with_signal: bool = False) -> StenosisReportInput:
+def build_report_input(
+    ctx: Any, session: Session, result: Result, *, with_signal: bool = False
+) -> StenosisReportInput:
     """The report input of ``result`` (the tracing, explanations and median beats when ``with_signal``)."""
     ecg = session.get(EcgRecord, result.ecg_id)
     assert ecg is not None
     source = session.get(SourceObject, ecg.source_object_id)
     raw = ctx.store.get(source.sha256) if source is not None and source.deleted_at is None else None
-    source_dataset = raw if (raw is not None and source is not None and source.kind in DICOM_SOURCE_KINDS and ecg.format == "dicom") else None
+    source_dataset = (
+        raw
+        if (
+            raw is not None
+            and source is not None
+            and source.kind in DICOM_SOURCE_KINDS
+            and ecg.format == "dicom"
+        )
+        else None
+    )
     order = session.get(Order, ecg.order_id) if ecg.order_id else None
     signal = beats = explanations = None
     if with_signal and raw is not None:
@@ -90,7 +129,11 @@ def build_report_input(ctx: Any, session: Session, result: Result, *, with_signa
     predecessor = None
     if result.result_version > 1:
         prev = session.execute(
-            select(Result).where(Result.ecg_id == result.ecg_id, Result.model_version_id == result.model_version_id, Result.result_version == result.result_version - 1)
+            select(Result).where(
+                Result.ecg_id == result.ecg_id,
+                Result.model_version_id == result.model_version_id,
+                Result.result_version == result.result_version - 1,
+            )
         ).scalar_one_or_none()
         if prev is not None:
             prev_inp = _input(ctx, ecg, prev, source_dataset, order, None, None, None, None)
@@ -121,7 +164,9 @@ def _input(
         result_id=result.id,
         result_version=result.result_version,
         scorable=result.scorable,
-        not_evaluated_reason=None if result.scorable else (result.reason_code or "not_evaluated", result.reason_text or "not evaluated"),
+        not_evaluated_reason=None
+        if result.scorable
+        else (report_reason_code(result.reason_code), result.reason_text or "not evaluated"),
         probabilities=probabilities if result.scorable else {},
         thresholds=dict(result.thresholds or ctx.settings.thresholds.as_dict()),
         flags=result.flags() if result.scorable else {},

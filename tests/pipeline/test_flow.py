@@ -15,6 +15,7 @@ from ecgcad.config import load_settings
 from ecgcad.context import AppContext
 from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import AuditEvent, Delivery, EcgRecord, Job, Result
+from ecgcad.integration.ecg import EcgIdentifiers
 from ecgcad.integration.readers import decode
 from ecgcad.integration.senders import SendOutcome
 from ecgcad.jobs.worker import Worker
@@ -34,7 +35,14 @@ def ctx(tmp_path: Path) -> AppContext:
         data_dir=str(tmp_path / "var"),
         queue={"backoff_base_s": 0.05, "backoff_max_s": 0.1},
         destinations=[
-            {"name": "pacs", "kind": "dicom", "host": "127.0.0.1", "port": 11113, "ae_title": "PACS", "send": ["sr", "pdf"]},
+            {
+                "name": "pacs",
+                "kind": "dicom",
+                "host": "127.0.0.1",
+                "port": 11113,
+                "ae_title": "PACS",
+                "send": ["sr", "pdf"],
+            },
             {"name": "ehr", "kind": "hl7", "host": "127.0.0.1", "port": 2576, "max_attempts": 3},
         ],
     )
@@ -107,7 +115,8 @@ def test_real_ecg_is_scored_once_and_delivered_to_every_destination(ctx: AppCont
     assert pdf.Modality == "DOC"
     (oru,) = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
     text = oru.decode("utf-8") if isinstance(oru, bytes) else str(oru)
-    assert "ORU^R01^ORU_R01" in text and f"|{source.PatientID}^" in text
+    pid = next(seg.split("|") for seg in text.split("\r") if seg.startswith("PID|"))
+    assert "ORU^R01^ORU_R01" in text and pid[3].split("^")[0] == source.PatientID
     assert "DEMONSTRATION MODEL" in text
 
 
@@ -119,7 +128,9 @@ def test_failing_destination_retries_with_backoff_and_never_blocks_the_other(ctx
     with ctx.db.session() as s:
         ehr = s.execute(select(Delivery).where(Delivery.destination == "ehr")).scalar_one()
         assert ehr.state == "sent" and ehr.attempts == 3
-        assert {d.state for d in s.execute(select(Delivery).where(Delivery.destination == "pacs")).scalars()} == {"sent"}
+        assert {
+            d.state for d in s.execute(select(Delivery).where(Delivery.destination == "pacs")).scalars()
+        } == {"sent"}
     assert ctx.senders["ehr"].attempts == 3  # type: ignore[attr-defined]
     assert len(ctx.senders["ehr"].delivered) == 1  # type: ignore[attr-defined]
 
@@ -130,21 +141,33 @@ def test_permanent_refusal_and_exhausted_retries_end_in_the_dead_letter(ctx: App
     _ingest_real(ctx)
     _drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
-        states = {(d.destination, d.object_kind): (d.state, d.attempts, d.last_response) for d in s.execute(select(Delivery)).scalars()}
+        states = {
+            (d.destination, d.object_kind): (d.state, d.attempts, d.last_response)
+            for d in s.execute(select(Delivery)).scalars()
+        }
     assert states[("ehr", "oru")] == ("failed", 3, "timeout")
     assert states[("pacs", "sr")][0] == "failed" and states[("pacs", "sr")][1] == 1
     assert ctx.queue.counts()["failed"] == 3
 
 
 def test_undecodable_ecg_is_reported_not_evaluated_with_its_reason(ctx: AppContext) -> None:
-    r = ctx.ingestor.ingest_dicom(b"not really", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1", sop_instance_uid="1.2.3.999", ecg=None, decode_error="no waveform sequence")
+    r = ctx.ingestor.ingest_dicom(
+        b"not really",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+        sop_instance_uid="1.2.3.999",
+        ecg=None,
+        decode_error="no waveform sequence",
+        identifiers=EcgIdentifiers(patient_id="MRN-NE", issuer_of_patient_id="HOSP", sop_instance_uid="1.2.3.999"),
+    )
     _drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
         result = s.execute(select(Result).where(Result.ecg_id == r.ecg_id)).scalar_one()
         assert not result.scorable and result.reason_code == "decode_failed"
         assert s.get(EcgRecord, r.ecg_id).state == "not_evaluated"  # type: ignore[union-attr]
     (oru,) = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
-    assert b"IND" in oru
+    assert b"|IND|" in oru and b"DECODE_FAILED" in oru and b"MRN-NE" in oru
+    sr = ctx.senders["pacs"].delivered[0]  # type: ignore[attr-defined]
+    assert sr.PatientID == "MRN-NE"
 
 
 def test_a_second_run_of_the_score_job_does_not_duplicate_the_result(ctx: AppContext) -> None:
@@ -167,14 +190,22 @@ def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppCon
     assert out["result_version"] == 2
     _drain(ctx, worker)
     with ctx.db.session() as s:
-        versions = s.execute(select(Result.result_version).where(Result.ecg_id == ecg_id).order_by(Result.id)).scalars().all()
+        versions = (
+            s.execute(select(Result.result_version).where(Result.ecg_id == ecg_id).order_by(Result.id))
+            .scalars()
+            .all()
+        )
         assert versions == [1, 2]
     orus = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
     assert len(orus) == 2 and b"|C|" in orus[1] or b"|C\r" in orus[1]
     sr2 = ctx.senders["pacs"].delivered[2]  # type: ignore[attr-defined]
     assert "PredecessorDocumentsSequence" in sr2
     with ctx.db.session() as s:
-        sr_delivery = s.execute(select(Delivery).where(Delivery.object_kind == "sr").order_by(Delivery.id)).scalars().first()
+        sr_delivery = (
+            s.execute(select(Delivery).where(Delivery.object_kind == "sr").order_by(Delivery.id))
+            .scalars()
+            .first()
+        )
         assert sr_delivery is not None
         delivery_id = sr_delivery.id
     before = len(ctx.senders["pacs"].delivered)  # type: ignore[attr-defined]
