@@ -207,6 +207,10 @@ class QueueSettings(_Section):
     min_free_disk_mb: int = Field(
         512, ge=0, description="Back-pressure: refuse new input under this free space."
     )
+    engine: Literal["auto", "sql", "procrastinate"] = Field(
+        "auto",
+        description="Queue engine: auto = procrastinate on PostgreSQL, the embedded SQL engine on SQLite.",
+    )
 
 
 class Settings(BaseSettings):

@@ -66,16 +66,30 @@ class AppContext:
         return self._predictor is not None
 
     def close(self) -> None:
-        """Release pooled connections."""
+        """Stop queue heartbeats and release pooled connections."""
+        close = getattr(self.queue, "close", None)
+        if callable(close):
+            close()
         self.db.dispose()
 
 
 def make_queue(settings: Settings, db: Database) -> JobQueue:
     """The queue engine for ``settings`` (the SQL engine; procrastinate on PostgreSQL when configured)."""
     q = settings.queue
+    backoff = BackoffPolicy(base_s=q.backoff_base_s, maximum_s=q.backoff_max_s)
+    use_procrastinate = q.engine == "procrastinate" or (q.engine == "auto" and db.dialect == "postgresql")
+    if use_procrastinate:
+        from ecgcad.jobs.procrastinate_queue import ProcrastinateJobQueue
+
+        return ProcrastinateJobQueue(
+            db,
+            lease_s=q.lease_s,
+            max_attempts=q.max_attempts,
+            backoff=backoff,
+        )
     return SqlJobQueue(
         db,
         lease_s=q.lease_s,
         max_attempts=q.max_attempts,
-        backoff=BackoffPolicy(base_s=q.backoff_base_s, maximum_s=q.backoff_max_s),
+        backoff=backoff,
     )

@@ -1,6 +1,11 @@
-"""The JobQueue contract: every engine must pass this suite (embedded SQLite, SQL on PostgreSQL, …).
+"""The JobQueue contract: every engine must pass this suite.
 
-An engine joins by extending the ``queue`` fixture's params.
+Engines (the ``queue`` fixture's params): the embedded SQL engine on SQLite and on PostgreSQL, procrastinate
+on its ``InMemoryConnector`` (sessions from an embedded SQLite) and procrastinate on the real PostgreSQL
+server of the ``postgres_server`` fixture. An engine joins by extending the params and :func:`_queue_source`.
+
+Not run on procrastinate's ``InMemoryConnector``: the killed-worker-process test — its jobs live in one
+process's memory, so there is no second process that could claim and die.
 """
 
 from __future__ import annotations
@@ -14,19 +19,49 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Job, SourceObject
-from ecgcad.db.session import Database
-from ecgcad.jobs.queue import BackoffPolicy, JobQueue, SqlJobQueue
+from ecgcad.jobs.queue import JobQueue, SqlJobQueue
 from ecgcad.jobs.worker import Worker
 
+ENGINES = ["sql-sqlite", "sql-postgres", "procrastinate-memory", "procrastinate-postgres"]
+QUEUE_KW = "lease_s=1.0, max_attempts=3, backoff=BackoffPolicy(base_s=0.2, maximum_s=1.0, jitter=0.0)"
 
-@pytest.fixture
-def queue(db: Database) -> Iterator[SqlJobQueue]:
-    yield SqlJobQueue(db, lease_s=1.0, max_attempts=3, backoff=BackoffPolicy(base_s=0.2, maximum_s=1.0, jitter=0.0))
+
+def _queue_source(engine: str, url: str) -> str:
+    """Python source building ``q``, the engine under test on ``url`` (also used in subprocesses)."""
+    cls = "SqlJobQueue" if engine.startswith("sql") else "ProcrastinateJobQueue"
+    build = "ProcrastinateJobQueue.in_memory" if engine == "procrastinate-memory" else cls
+    return (
+        "from ecgcad.db.session import Database\n"
+        "from ecgcad.jobs.queue import BackoffPolicy, SqlJobQueue\n"
+        "from ecgcad.jobs.procrastinate_queue import ProcrastinateJobQueue\n"
+        f"q = {build}(Database({url!r}), {QUEUE_KW})\n"
+    )
+
+
+@pytest.fixture(params=ENGINES)
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlJobQueue]:
+    engine: str = request.param
+    if engine.endswith("postgres"):
+        url = request.getfixturevalue("postgres_server").create_database()
+    else:
+        url = f"sqlite:///{tmp_path / 'ecgcad.db'}"
+    upgrade(url)
+    namespace: dict[str, object] = {}
+    exec(_queue_source(engine, url), namespace)  # noqa: S102 - our own source, shared with subprocesses
+    q = namespace["q"]
+    q.engine_name = engine  # type: ignore[attr-defined]
+    yield q  # type: ignore[misc]
+    close = getattr(q, "close", None)
+    if close is not None:
+        close()
+    q.db.dispose()  # type: ignore[attr-defined]
 
 
 def _defer(q: SqlJobQueue, kind: str = "score", payload: dict | None = None, **kw: object) -> int | None:
@@ -147,14 +182,13 @@ def test_non_retryable_failure_goes_straight_to_dead_letter(queue: SqlJobQueue) 
     assert queue.retry_later(job.id, "refused", retryable=False) == "failed"
 
 
-def test_claim_of_a_killed_worker_process_becomes_claimable_again(queue: SqlJobQueue, database_url: str) -> None:
+def test_claim_of_a_killed_worker_process_becomes_claimable_again(queue: SqlJobQueue) -> None:
+    if queue.engine_name == "procrastinate-memory":  # type: ignore[attr-defined]
+        pytest.skip("InMemoryConnector jobs live in one process: no other process can claim them")
     job_id = _defer(queue)
-    script = textwrap.dedent(
-        f"""
-        import os, sys, time
-        from ecgcad.db.session import Database
-        from ecgcad.jobs.queue import SqlJobQueue
-        q = SqlJobQueue(Database({database_url!r}), lease_s=1.0)
+    script = _queue_source(queue.engine_name, queue.db.url) + textwrap.dedent(  # type: ignore[attr-defined]
+        """
+        import time
         jobs = q.claim(["score"], 1, "doomed")
         print(len(jobs), flush=True)
         time.sleep(60)
