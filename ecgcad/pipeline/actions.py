@@ -17,7 +17,9 @@ from ecgcad.errors import QueueError
 logger = logging.getLogger(__name__)
 
 
-def resend_delivery(ctx: Any, delivery_id: int, *, user: str, role: str | None = None, address: str | None = None) -> dict[str, Any]:
+def resend_delivery(
+    ctx: Any, delivery_id: int, *, user: str, role: str | None = None, address: str | None = None
+) -> dict[str, Any]:
     """Queue one more delivery of the same object (same SOP Instance UID; a new MSH-10 for an ORU).
 
     Raises
@@ -56,14 +58,21 @@ def resend_delivery(ctx: Any, delivery_id: int, *, user: str, role: str | None =
             issuer_of_patient_id=ecg.issuer_of_patient_id if ecg else None,
             study_instance_uid=ecg.study_instance_uid if ecg else None,
             ecg_id=ecg.id if ecg else None,
-            detail={"delivery_id": delivery.id, "destination": delivery.destination, "kind": delivery.object_kind, "was_sent": previous_sent},
+            detail={
+                "delivery_id": delivery.id,
+                "destination": delivery.destination,
+                "kind": delivery.object_kind,
+                "was_sent": previous_sent,
+            },
         )
         out = {"delivery_id": delivery.id, "job_id": job_id, "state": delivery.state}
     _wake(ctx)
     return out
 
 
-def rescore_ecg(ctx: Any, ecg_id: int, *, user: str, role: str | None = None, address: str | None = None) -> dict[str, Any]:
+def rescore_ecg(
+    ctx: Any, ecg_id: int, *, user: str, role: str | None = None, address: str | None = None
+) -> dict[str, Any]:
     """Queue a rescore: a new result version, delivered as a correction.
 
     Raises
@@ -113,9 +122,15 @@ def report_pdf(ctx: Any, ecg_id: int) -> bytes:
     from ecgcad.pipeline.reports import report_pdf_for_result
 
     with ctx.db.session() as session:
-        result = session.execute(
-            select(Result).where(Result.ecg_id == ecg_id, Result.shadow.is_(False)).order_by(Result.result_version.desc(), Result.id.desc())
-        ).scalars().first()
+        result = (
+            session.execute(
+                select(Result)
+                .where(Result.ecg_id == ecg_id, Result.shadow.is_(False))
+                .order_by(Result.result_version.desc(), Result.id.desc())
+            )
+            .scalars()
+            .first()
+        )
         if result is None:
             raise LookupError(f"ECG {ecg_id} has no result")
         return report_pdf_for_result(ctx, session, result)

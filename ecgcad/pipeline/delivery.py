@@ -37,11 +37,19 @@ def make_sender(ctx: Any, dest: DestinationSettings) -> Sender:
     if factory is not None:
         return factory(dest)  # type: ignore[no-any-return]
     if dest.kind == "dicom":
-        return DicomStoreSender(dest.host, dest.port, dest.ae_title, calling_ae=ctx.settings.dicom.ae_title, timeout=dest.timeout_s)
+        return DicomStoreSender(
+            dest.host,
+            dest.port,
+            dest.ae_title,
+            calling_ae=ctx.settings.dicom.ae_title,
+            timeout=dest.timeout_s,
+        )
     return MllpSender(dest.host, dest.port, timeout=dest.timeout_s)
 
 
-def build_payload(ctx: Any, session: Any, delivery: Delivery, result: Result, dest: DestinationSettings) -> tuple[Any, str]:
+def build_payload(
+    ctx: Any, session: Any, delivery: Delivery, result: Result, dest: DestinationSettings
+) -> tuple[Any, str]:
     """The object to send and its identifier (SOP Instance UID or MSH-10)."""
     from ecgcad.integration.oru import OruProfile, build_oru, control_id_for
     from ecgcad.integration.pdf import build_encapsulated_pdf, render_report_pdf
@@ -111,7 +119,11 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
             event = "delivery.sent"
         elif outcome.retryable and not final_attempt:
             delivery.state = "retrying"
-            delivery.next_attempt_at = now + dt.timedelta(seconds=ctx.queue.backoff.delay(delivery.attempts)) if hasattr(ctx.queue, "backoff") else None
+            delivery.next_attempt_at = (
+                now + dt.timedelta(seconds=ctx.queue.backoff.delay(delivery.attempts))
+                if hasattr(ctx.queue, "backoff")
+                else None
+            )
             event = None
         else:
             delivery.state = "failed"
@@ -128,9 +140,17 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
                 study_instance_uid=ecg.study_instance_uid if ecg else None,
                 sop_instance_uid=delivery.object_uid if delivery.object_kind != "oru" else None,
                 ecg_id=ecg.id if ecg else None,
-                detail={"delivery_id": delivery.id, "destination": dest.name, "kind": delivery.object_kind, "response": outcome.response[:500]},
+                detail={
+                    "delivery_id": delivery.id,
+                    "destination": dest.name,
+                    "kind": delivery.object_kind,
+                    "response": outcome.response[:500],
+                },
             )
-    TELEMETRY.count_delivery(dest.name, "sent" if outcome.delivered else ("retry" if outcome.retryable and not final_attempt else "failed"))
+    TELEMETRY.count_delivery(
+        dest.name,
+        "sent" if outcome.delivered else ("retry" if outcome.retryable and not final_attempt else "failed"),
+    )
     logger.info(
         "delivery %s (%s to %s, obj#%s) attempt %s: %s",
         delivery_id,
@@ -149,10 +169,16 @@ def make_deliver_handler(ctx: Any) -> Any:
     def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException | None]:
         failures: dict[int, BaseException | None] = {}
         for job in jobs:
-            outcome = attempt_delivery(ctx, int(job.payload["delivery_id"]), final_attempt=job.attempts >= job.max_attempts)
+            outcome = attempt_delivery(
+                ctx, int(job.payload["delivery_id"]), final_attempt=job.attempts >= job.max_attempts
+            )
             if outcome is None or outcome.delivered:
                 continue
-            failures[job.id] = DeliveryError(outcome.response) if outcome.retryable else PermanentDeliveryError(outcome.response)
+            failures[job.id] = (
+                DeliveryError(outcome.response)
+                if outcome.retryable
+                else PermanentDeliveryError(outcome.response)
+            )
         return failures
 
     return handle
@@ -176,11 +202,25 @@ def make_rescore_handler(ctx: Any) -> Any:
                 ecg = session.get(EcgRecord, ecg_id)
                 assert ecg is not None
                 mv = ensure_model_version(session, predictor)
-                last = session.execute(
-                    select(Result).where(Result.ecg_id == ecg_id, Result.model_version_id == mv.id, Result.shadow.is_(False)).order_by(Result.result_version.desc())
-                ).scalars().first()
+                last = (
+                    session.execute(
+                        select(Result)
+                        .where(
+                            Result.ecg_id == ecg_id,
+                            Result.model_version_id == mv.id,
+                            Result.shadow.is_(False),
+                        )
+                        .order_by(Result.result_version.desc())
+                    )
+                    .scalars()
+                    .first()
+                )
                 version = (last.result_version + 1) if last is not None else 1
-                if last is not None and job.payload.get("target_version") and last.result_version >= int(job.payload["target_version"]):
+                if (
+                    last is not None
+                    and job.payload.get("target_version")
+                    and last.result_version >= int(job.payload["target_version"])
+                ):
                     continue  # this rescore already ran (job re-run after a crash)
                 result = Result(
                     ecg_id=ecg_id,
@@ -213,7 +253,11 @@ def make_rescore_handler(ctx: Any) -> Any:
                     issuer_of_patient_id=ecg.issuer_of_patient_id,
                     study_instance_uid=ecg.study_instance_uid,
                     ecg_id=ecg.id,
-                    detail={"result_id": result.id, "result_version": version, "model_version": result.model_version},
+                    detail={
+                        "result_id": result.id,
+                        "result_version": version,
+                        "model_version": result.model_version,
+                    },
                 )
         return None
 
@@ -229,15 +273,27 @@ def _thresholds(ctx: Any, predictor: Any) -> dict[str, float]:
 def _apply_prediction(result: Result, prediction: Any) -> None:
     probs = {v: float(prediction.probabilities[v]) for v in ("rca", "lm", "lad", "lcx")}
     flags = {v: bool(prediction.flags[v]) for v in ("rca", "lm", "lad", "lcx")}
-    result.p_rca, result.p_lm, result.p_lad, result.p_lcx = probs["rca"], probs["lm"], probs["lad"], probs["lcx"]
-    result.flag_rca, result.flag_lm, result.flag_lad, result.flag_lcx = flags["rca"], flags["lm"], flags["lad"], flags["lcx"]
+    result.p_rca, result.p_lm, result.p_lad, result.p_lcx = (
+        probs["rca"],
+        probs["lm"],
+        probs["lad"],
+        probs["lcx"],
+    )
+    result.flag_rca, result.flag_lm, result.flag_lad, result.flag_lcx = (
+        flags["rca"],
+        flags["lm"],
+        flags["lad"],
+        flags["lcx"],
+    )
     result.any_flagged = any(flags.values())
     result.risk_bands = dict(getattr(prediction, "bands", {}) or {})
 
 
 def next_result_version(session: Any, ecg_id: int) -> int:
     """The version a rescore of ``ecg_id`` will get."""
-    current = session.execute(select(func.max(Result.result_version)).where(Result.ecg_id == ecg_id, Result.shadow.is_(False))).scalar()
+    current = session.execute(
+        select(func.max(Result.result_version)).where(Result.ecg_id == ecg_id, Result.shadow.is_(False))
+    ).scalar()
     return int(current or 0) + 1
 
 

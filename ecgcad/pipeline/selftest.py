@@ -48,5 +48,13 @@ def check_destinations(settings: Settings) -> list[dict[str, Any]]:
                 ok, response = _mllp_probe(settings, dest.host, dest.port, min(dest.timeout_s, 10.0))
         except Exception as exc:  # noqa: BLE001 - a probe reports, never crashes
             ok, response = False, f"{type(exc).__name__}: {exc}"
-        rows.append({"name": dest.name, "kind": dest.kind, "address": f"{dest.host}:{dest.port}", "ok": ok, "response": response})
+        rows.append(
+            {
+                "name": dest.name,
+                "kind": dest.kind,
+                "address": f"{dest.host}:{dest.port}",
+                "ok": ok,
+                "response": response,
+            }
+        )
     return rows
