@@ -100,7 +100,11 @@ def running(tmp_path: Path) -> Iterator[Running]:
 def _check_sr(sr: pydicom.Dataset, source: pydicom.Dataset) -> dict[str, tuple[float, str]]:
     for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID"):
         assert sr.get(keyword) == source.get(keyword), keyword
-    assert sr.VerificationFlag == "UNVERIFIED" and sr.PreliminaryFlag == "PRELIMINARY" and sr.CompletionFlag == "COMPLETE"
+    assert (
+        sr.VerificationFlag == "UNVERIFIED"
+        and sr.PreliminaryFlag == "PRELIMINARY"
+        and sr.CompletionFlag == "COMPLETE"
+    )
     found: dict[str, tuple[float, str]] = {}
     text_values: list[str] = []
 
@@ -123,7 +127,10 @@ def _check_sr(sr: pydicom.Dataset, source: pydicom.Dataset) -> dict[str, tuple[f
                 site = VESSEL_SITES.get(item.ConceptCodeSequence[0].CodeValue)
             elif item.ValueType == "NUM" and "MeasuredValueSequence" in item:
                 prob = float(item.MeasuredValueSequence[0].NumericValue)
-            elif item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue in ("15508007", "75976002"):
+            elif item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue in (
+                "15508007",
+                "75976002",
+            ):
                 risk = item.ConceptCodeSequence[0].CodeValue
         if site and prob is not None and risk:
             found[site] = (prob, risk)
@@ -141,9 +148,15 @@ def _check_oru(msg: bytes, patient_id: str, sr_probs: dict[str, tuple[float, str
     assert pid[3].split("^")[0] == patient_id
     nm = [s for s in segments if s[0] == "OBX" and s[2] == "NM"]
     assert len(nm) >= 4
+    import re
+
     for obx in nm[:4]:
-        prob, threshold, flag = float(obx[5]), float(obx[7].lstrip(">=")), obx[8]
+        # OBX-7 is the normal range, "<threshold"; OBX-8 is A when the probability is at or above it.
+        prob, threshold, flag = float(obx[5]), float(re.sub(r"^[<>=]+", "", obx[7])), obx[8]
         assert flag == ("A" if prob >= threshold else "N")
+    if sr_probs is not None:
+        oru_probs = sorted(round(float(obx[5]), 4) for obx in nm[:4])
+        assert oru_probs == sorted(round(p, 4) for p, _ in sr_probs.values())
     assert any("DEMONSTRATION MODEL" in "|".join(s) for s in segments if s[0] == "NTE")
 
 
@@ -157,7 +170,11 @@ def test_storescu_ecg_produces_validated_sr_pdf_and_oru(running: Running) -> Non
         env=env,
     )
     assert out.returncode == 0, out.stderr
-    files = wait_for(lambda: running.pacs.files() if len(running.pacs.files()) >= 2 else None, 120, "SR and PDF in storescp")
+    files = wait_for(
+        lambda: running.pacs.files() if len(running.pacs.files()) >= 2 else None,
+        120,
+        "SR and PDF in storescp",
+    )
     wait_for(lambda: running.ehr.messages, 60, "ORU at the MLLP sink")
     source = pydicom.dcmread(REAL_ECG)
     objs = [pydicom.dcmread(f) for f in files]
@@ -171,13 +188,23 @@ def test_storescu_ecg_produces_validated_sr_pdf_and_oru(running: Running) -> Non
 def test_ecg_inside_an_hl7_oru_is_scored_and_reported(running: Running) -> None:
     from ecgcad.testing import ecg_writers
 
-    message = ecg_writers.write_hl7_oru_ed(REAL_ECG.read_bytes(), "dicom", patient_id="MRN-E2E", issuer="HOSP")
+    message = ecg_writers.write_hl7_oru_ed(
+        REAL_ECG.read_bytes(),
+        "DICOM",
+        patient_id="MRN-E2E",
+        issuer_of_patient_id="HOSP",
+        control_id="E2E0001",
+    )
     from ecgcad.integration.senders import MllpSender
 
     outcome = MllpSender("127.0.0.1", running.hl7_port, timeout=30).send(message)
     assert outcome.delivered, outcome.response
-    files = wait_for(lambda: running.pacs.files() if len(running.pacs.files()) >= 1 else None, 120, "SR in storescp")
-    sr = next(o for o in (pydicom.dcmread(f) for f in files) if o.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33")
+    files = wait_for(
+        lambda: running.pacs.files() if len(running.pacs.files()) >= 1 else None, 120, "SR in storescp"
+    )
+    sr = next(
+        o for o in (pydicom.dcmread(f) for f in files) if o.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    )
     assert sr.PatientID == "MRN-E2E"
     wait_for(lambda: running.ehr.messages, 60, "ORU at the MLLP sink")
     _check_oru(running.ehr.messages[0], "MRN-E2E")
