@@ -190,3 +190,22 @@ def test_overview_counts(client: TestClient, seeded: Seeded, tokens: Tokens) -> 
     assert 'id="flagged-today">1<' in page
     assert "too_short" in page and "pacs" in page
     assert PATIENT_FLAGGED not in page
+
+
+def test_logs_carry_no_patient_identifiers(
+    client: TestClient,
+    seeded: Seeded,
+    tokens: Tokens,
+    stand_in_actions: ActionCalls,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    stand_in_actions.fail_with = RuntimeError("boom")
+    for path in (f"/api/v1/ecgs?patient_id={PATIENT_FLAGGED}", f"/api/v1/ecgs/{seeded.flagged_ecg}", "/ecgs"):
+        client.get(path, headers=bearer(tokens.admin))
+    response = client.post(f"/api/v1/ecgs/{seeded.flagged_ecg}/rescore", headers=bearer(tokens.admin))
+    assert response.status_code == 500 and response.json() == {"detail": "internal error"}
+    assert "action rescore failed" in caplog.text  # logged with its traceback for the operators
+    assert "DOE" not in caplog.text and PATIENT_FLAGGED not in caplog.text
