@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ecgcad.api.auth import Principal
@@ -206,7 +206,7 @@ def _current_result_ids() -> Any:
     )
 
 
-def _ecg_select(filters: EcgFilters) -> Select[Any]:
+def _ecg_select(filters: EcgFilters) -> Any:
     cur = _current_result_ids()
     stmt = (
         select(EcgRecord, Result)

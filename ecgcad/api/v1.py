@@ -313,6 +313,7 @@ def retry_job(
     """Queue a failed (dead-letter) job again."""
     ctx = _ctx(request)
     job = ctx.queue.get(job_id)
+    body: dict[str, Any]
     if job is None:
         status, body = 404, {"detail": f"no job {job_id}"}
     else:
