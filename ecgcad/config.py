@@ -11,6 +11,9 @@ The keys below are a public contract (files written by people and by tests outsi
     [model]   checkpoint, device, max_batch, max_wait_ms
     [thresholds] rca, lm, lad, lcx
     [[destinations]] name, kind, host, port, ae_title, send
+    [queue]   engine, lease_s, max_attempts, ...
+    [retention] dicom_days, hl7_days, file_days, pacs_days
+    [[pacs_sources]] name, host, port, ae_title, retrieve, catch_up, interval_s
 
 Unknown keys and bad values are a start-up error naming the key (:class:`ConfigurationError`).
 """
@@ -213,6 +216,40 @@ class QueueSettings(_Section):
     )
 
 
+class RetentionSettings(_Section):
+    """How long raw received objects are kept (the nightly ``retention`` job); 0 keeps them for ever.
+
+    Only the raw bytes are deleted (``SourceObject.deleted_at`` is set): ECG rows, results, deliveries and
+    the audit trail stay. Objects whose ECG is still queued, failing or not yet delivered are never deleted.
+    """
+
+    dicom_days: int = Field(0, ge=0, description="DICOM objects received by the SCP, days (0 = keep).")
+    hl7_days: int = Field(0, ge=0, description="HL7 v2 messages, days (0 = keep).")
+    file_days: int = Field(0, ge=0, description="Files ingested from folders or the CLI, days (0 = keep).")
+    pacs_days: int = Field(0, ge=0, description="Objects retrieved from a PACS (C-GET), days (0 = keep).")
+    batch_size: int = Field(500, ge=1, description="Objects deleted per transaction.")
+
+    def days_for(self, kind: str) -> int:
+        """Retention in days for a source object kind (0 = keep)."""
+        return int(getattr(self, f"{kind}_days", 0))
+
+
+class PacsSourceSettings(_Section):
+    """A PACS we query (C-FIND) and retrieve from (C-MOVE to our SCP, or C-GET) for backfill and catch-up."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = Field(..., ge=1, le=65535)
+    ae_title: str = Field(..., description="Called AE title of the PACS.")
+    retrieve: Literal["move", "get"] = Field("move", description="C-MOVE to our SCP, or C-GET.")
+    move_destination: str = Field(
+        "", description="AE title the PACS sends C-MOVE results to (empty = our dicom.ae_title)."
+    )
+    catch_up: bool = Field(False, description="Run the scheduled catch-up job for this PACS.")
+    interval_s: int = Field(900, ge=60, description="Catch-up period, seconds.")
+    timeout_s: float = Field(60.0, gt=0, description="DIMSE / network timeout, seconds.")
+
+
 class Settings(BaseSettings):
     """All ecgcad settings."""
 
@@ -234,6 +271,8 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     destinations: list[DestinationSettings] = Field(default_factory=list)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    pacs_sources: list[PacsSourceSettings] = Field(default_factory=list)
     intended_use: str = Field(
         "Decision support: estimates the risk of severe (>=70 %) or complete stenosis of the RCA, LM, LAD "
         "and LCX from a resting 12-lead ECG in adults. Not a diagnosis.",
@@ -271,6 +310,13 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         """True when running on SQLite (embedded engine)."""
         return self.effective_database_url.startswith("sqlite")
+
+    def pacs_source(self, name: str) -> PacsSourceSettings:
+        """The PACS source called ``name``."""
+        for p in self.pacs_sources:
+            if p.name == name:
+                return p
+        raise ConfigurationError(f"no PACS source named {name!r}")
 
     def destination(self, name: str) -> DestinationSettings:
         """The destination called ``name``."""

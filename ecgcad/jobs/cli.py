@@ -78,12 +78,22 @@ def deliveries_list(
 
     table = Table("id", "result", "destination", "kind", "state", "attempts", "last response")
     for r in rows:
-        table.add_row(str(r["id"]), str(r["result_id"]), r["destination"], r["kind"], r["state"], str(r["attempts"]), (r["last_response"] or "")[:60])
+        table.add_row(
+            str(r["id"]),
+            str(r["result_id"]),
+            r["destination"],
+            r["kind"],
+            r["state"],
+            str(r["attempts"]),
+            (r["last_response"] or "")[:60],
+        )
     Console().print(table)
 
 
 @deliveries_app.command("resend")
-def deliveries_resend(delivery_id: int = typer.Argument(..., help="Delivery id."), config: ConfigOption = None) -> None:
+def deliveries_resend(
+    delivery_id: int = typer.Argument(..., help="Delivery id."), config: ConfigOption = None
+) -> None:
     """Send a delivery's object again (audited)."""
     from ecgcad.pipeline.actions import resend_delivery
 
@@ -104,7 +114,9 @@ def rescore(ecg_id: int = typer.Argument(..., help="ECG id."), config: ConfigOpt
         out = rescore_ecg(ctx, ecg_id, user=_user())
     except (LookupError, EcgcadError) as exc:
         fail(str(exc).strip("'\""))
-    typer.echo(f"ECG {ecg_id} queued for rescore as result version {out['result_version']} (job {out['job_id']})")
+    typer.echo(
+        f"ECG {ecg_id} queued for rescore as result version {out['result_version']} (job {out['job_id']})"
+    )
 
 
 def worker(
@@ -125,7 +137,10 @@ def worker(
         import multiprocessing as mp
 
         mpctx = mp.get_context("spawn")  # CUDA initialises cleanly only in spawned processes
-        procs = [mpctx.Process(target=_run_worker_process, args=(settings.model_dump(mode="json"),)) for _ in range(concurrency)]
+        procs = [
+            mpctx.Process(target=_run_worker_process, args=(settings.model_dump(mode="json"),))
+            for _ in range(concurrency)
+        ]
         for p in procs:
             p.start()
         for p in procs:
@@ -171,6 +186,55 @@ def selftest(config: ConfigOption = None) -> None:
         raise typer.Exit(1)
 
 
+def backfill(
+    path: str | None = typer.Argument(None, help="Archive folder to score."),
+    config: ConfigOption = None,
+    pacs: str | None = typer.Option(
+        None, "--pacs", help="Name of a configured PACS source (pacs_sources) instead of a folder."
+    ),
+    since: str | None = typer.Option(None, help="Only ECGs on or after this date (YYYY-MM-DD)."),
+    wait: bool = typer.Option(False, help="Wait until the queue has drained (workers score meanwhile)."),
+) -> None:
+    """Score an archive folder or a PACS; re-running resumes (what is done is skipped)."""
+    import datetime as dt
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ecgcad.pipeline.backfill import backfill_folder, backfill_pacs
+
+    if (path is None) == (pacs is None):
+        fail("give either PATH or --pacs NAME")
+    try:
+        since_date = dt.date.fromisoformat(since) if since else None
+    except ValueError:
+        fail(f"--since must be a date (YYYY-MM-DD), not {since!r}")
+    ctx = _ctx(config)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("backfill", total=None)
+
+        def progress(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            if pacs is not None:
+                report = backfill_pacs(ctx, pacs, since=since_date, progress=progress)
+            else:
+                report = backfill_folder(ctx, str(path), since=since_date, progress=progress)
+        except (EcgcadError, FileNotFoundError) as exc:
+            fail(str(exc))
+        if wait:
+            import time
+
+            start = ctx.queue.depth()
+            drain = bar.add_task("scoring", total=start or None)
+            while (depth := ctx.queue.depth()) > 0:
+                bar.update(drain, completed=max(start - depth, 0))
+                time.sleep(1.0)
+            bar.update(drain, completed=start)
+    typer.echo(json.dumps(report.as_dict()))
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``ecgcad`` app."""
     app.add_typer(deliveries_app, name="deliveries")
@@ -178,3 +242,4 @@ def register(app: typer.Typer) -> None:
     app.command("worker")(worker)
     app.command("scheduler")(scheduler)
     app.command("selftest")(selftest)
+    app.command("backfill")(backfill)

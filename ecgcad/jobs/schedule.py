@@ -23,6 +23,17 @@ def _enqueue_periodic(ctx: Any, kind: str, period_s: int) -> None:
         logger.warning("could not enqueue scheduled %s", kind, exc_info=True)
 
 
+def _enqueue_pacs_catch_up(ctx: Any, source: str, period_s: int) -> None:
+    stamp = int(dt.datetime.now(dt.UTC).timestamp()) // period_s
+    try:
+        with ctx.db.session() as s:
+            ctx.queue.defer(
+                s, "pacs_catch_up", {"source": source, "period": stamp}, dedupe_key=f"sched:pacs:{source}:{stamp}"
+            )
+    except Exception:  # noqa: BLE001 - the next tick tries again
+        logger.warning("could not enqueue PACS catch-up for %s", source, exc_info=True)
+
+
 def _requeue_stalled(ctx: Any) -> None:
     try:
         n = ctx.queue.requeue_stalled()
@@ -47,6 +58,15 @@ class Schedule:
         self.scheduler.add_job(
             _enqueue_periodic, "cron", hour=3, minute=45, args=[ctx, "maintenance", 86400], id="maintenance"
         )
+        for source in getattr(ctx.settings, "pacs_sources", []):
+            if source.catch_up:
+                self.scheduler.add_job(
+                    _enqueue_pacs_catch_up,
+                    "interval",
+                    seconds=source.interval_s,
+                    args=[ctx, source.name, source.interval_s],
+                    id=f"pacs_catch_up:{source.name}",
+                )
 
     def start(self) -> None:
         """Start the background scheduler thread."""

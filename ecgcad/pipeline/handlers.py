@@ -24,6 +24,7 @@ def register_handlers(ctx: Any, worker: Any) -> None:
         ("rescore", "ecgcad.pipeline.delivery", "make_rescore_handler"),
         ("retention", "ecgcad.pipeline.maintenance", "make_retention_handler"),
         ("maintenance", "ecgcad.pipeline.maintenance", "make_maintenance_handler"),
+        ("pacs_catch_up", "ecgcad.pipeline.backfill", "make_pacs_catch_up_handler"),
     )
     for kind, module_name, factory in optional:
         try:
