@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ecgcad.errors import BackPressureError, StorageError
 
@@ -47,20 +48,25 @@ class ObjectStore:
         if self.min_free_bytes and self.free_bytes() - needed < self.min_free_bytes:
             raise BackPressureError("free disk space is under the configured reserve")
 
-    def put(self, data: bytes) -> tuple[str, Path]:
-        """Store ``data`` durably; return its SHA-256 and path (idempotent)."""
+    def put(self, data: bytes, *, sync: bool = True) -> tuple[str, Path]:
+        """Store ``data``; return its SHA-256 and path (idempotent).
+
+        With ``sync`` the object is on stable storage when this returns; without it the caller must call
+        :meth:`sync` before relying on it (group commit: one flush for many objects).
+        """
         digest = hashlib.sha256(data).hexdigest()
         path = self.path_for(digest)
         if path.exists() and path.stat().st_size == len(data):
             return digest, path
         self.check_space(len(data))
+        do_fsync = self.fsync and sync
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
-                    if self.fsync:
+                    if do_fsync:
                         fh.flush()
                         os.fsync(fh.fileno())
                 os.replace(tmp, path)
@@ -68,7 +74,7 @@ class ObjectStore:
                 with _suppress():
                     os.unlink(tmp)
                 raise
-            if self.fsync:
+            if do_fsync:
                 dfd = os.open(path.parent, os.O_RDONLY)
                 try:
                     os.fsync(dfd)
@@ -77,6 +83,21 @@ class ObjectStore:
         except OSError as exc:
             raise StorageError(f"cannot write object: {exc.strerror}") from exc
         return digest, path
+
+    def sync(self) -> None:
+        """Flush every object written with ``sync=False`` (file data and directory entries) to stable storage.
+
+        Uses ``syncfs(2)`` on the store's file system: one flush for a whole group of objects.
+        """
+        if not self.fsync:
+            return
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _LIBC is not None and _LIBC.syncfs(fd) == 0:
+                return
+            os.sync()  # no syncfs: flush everything
+        finally:
+            os.close(fd)
 
     def get(self, sha256: str) -> bytes:
         """Read an object back."""
@@ -92,6 +113,21 @@ class ObjectStore:
             return True
         except FileNotFoundError:
             return False
+
+
+def _load_libc() -> object | None:
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.syncfs.argtypes = [ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC: Any = _load_libc()
 
 
 class _suppress:

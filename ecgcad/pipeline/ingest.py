@@ -14,7 +14,6 @@ Job kinds created here:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from ecgcad.db import audit
 from ecgcad.db.models import EcgRecord, SourceObject
 from ecgcad.db.objects import ObjectStore
 from ecgcad.db.session import Database
-from ecgcad.errors import BackPressureError
+from ecgcad.errors import BackPressureError, EcgcadError, StorageError
 from ecgcad.integration.ecg import Ecg, EcgIdentifiers
 from ecgcad.jobs.queue import JobQueue
 from ecgcad.logsetup import uid_hash
@@ -121,6 +120,11 @@ class Ingestor:
         self.on_enqueue = on_enqueue
         self._depth_cache: tuple[float, int] = (0.0, 0)
         self._lock = threading.Lock()
+        self._group_lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._leader_active = False
+        #: Most objects committed together in one group.
+        self.max_group = 64
 
     # -- back-pressure -----------------------------------------------------------------------------------
     def check_capacity(self, incoming_bytes: int = 0) -> None:
@@ -153,6 +157,74 @@ class Ingestor:
             except Exception:  # noqa: BLE001 - waking is best effort
                 logger.debug("on_enqueue failed", exc_info=True)
 
+    # -- group commit ------------------------------------------------------------------------------------
+    def _submit(
+        self, data: bytes, apply: Callable[[Session, SourceObject | None, str, str], IngestResult]
+    ) -> IngestResult:
+        """Store ``data`` and run ``apply`` in a transaction shared with concurrent callers (group commit).
+
+        The first caller to arrive becomes the leader: it takes every pending item (up to
+        :attr:`max_group`), writes their objects, flushes them to stable storage with one ``syncfs``, runs
+        every item's ``apply`` in one database transaction (each in its own savepoint, so one bad item does
+        not sink the others), commits, and wakes the callers. Only then does any caller return, so an
+        acknowledgement always follows a durable commit.
+        """
+        item = _Pending(data, apply)
+        with self._group_lock:
+            self._pending.append(item)
+            leader = not self._leader_active
+            if leader:
+                self._leader_active = True
+        if not leader:
+            item.done.wait()
+        else:
+            while True:
+                with self._group_lock:
+                    group = self._pending[: self.max_group]
+                    del self._pending[: self.max_group]
+                    if not group:
+                        self._leader_active = False
+                        break
+                self._commit_group(group)
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        try:
+            try:
+                self.check_capacity(sum(len(i.data) for i in group))
+                paths = [self.store.put(i.data, sync=False) for i in group]
+                self.store.sync()
+            except EcgcadError as exc:
+                for i in group:
+                    i.error = exc
+                return
+            try:
+                with self.db.session() as session:
+                    for i, (sha, path) in zip(group, paths, strict=True):
+                        try:
+                            with session.begin_nested():
+                                i.result = i.apply(session, self._existing(session, sha), sha, str(path))
+                        except Exception as exc:  # noqa: BLE001 - this item fails, the group goes on
+                            logger.exception("ingest of one object failed")
+                            i.error = StorageError(f"could not store the object: {type(exc).__name__}")
+            except EcgcadError as exc:
+                for i in group:
+                    i.result, i.error = None, exc
+            except Exception as exc:  # noqa: BLE001 - commit failed: nobody is acknowledged
+                logger.exception("group commit of %d objects failed", len(group))
+                for i in group:
+                    i.result, i.error = None, StorageError(f"database commit failed: {type(exc).__name__}")
+            if any(i.result is not None and i.result.job_id is not None for i in group):
+                self._notify()
+        finally:
+            for i in group:
+                if i.result is None and i.error is None:
+                    i.error = StorageError("object was not stored")
+                i.done.set()
+
     # -- DICOM -------------------------------------------------------------------------------------------
     def ingest_dicom(
         self,
@@ -172,10 +244,16 @@ class Ingestor:
         A byte-identical instance already stored is a duplicate: nothing new is queued. The same SOP Instance
         UID with different bytes is stored as a new version and audited. When decoding failed, pass the
         ``identifiers`` read from the dataset (if any) so the "not evaluated" report reaches the right patient.
+
+        Raises
+        ------
+        BackPressureError
+            Queue too deep or disk under its reserve: answer "out of resources", the sender retries.
+        StorageError
+            The object or its rows could not be committed: nothing was stored.
         """
-        sha = hashlib.sha256(data).hexdigest()
-        with self.db.session() as session:
-            existing = self._existing(session, sha)
+
+        def apply(session: Session, existing: SourceObject | None, sha: str, path: str) -> IngestResult:
             if existing is not None:
                 ecg_id = session.execute(
                     select(EcgRecord.id).where(EcgRecord.source_object_id == existing.id)
@@ -184,15 +262,6 @@ class Ingestor:
                     "duplicate DICOM instance uid#%s acknowledged, not queued again",
                     uid_hash(sop_instance_uid),
                 )
-                return IngestResult(existing.id, ecg_id, None, duplicate=True)
-        self.check_capacity(len(data))
-        sha, path = self.store.put(data)
-        with self.db.session() as session:
-            existing = self._existing(session, sha)
-            if existing is not None:  # a concurrent sender won the race
-                ecg_id = session.execute(
-                    select(EcgRecord.id).where(EcgRecord.source_object_id == existing.id)
-                ).scalar()
                 return IngestResult(existing.id, ecg_id, None, duplicate=True)
             version = 1
             if sop_instance_uid:
@@ -207,7 +276,7 @@ class Ingestor:
                 session,
                 data,
                 sha,
-                str(path),
+                path,
                 kind=kind,
                 sop_class_uid=sop_class_uid,
                 sop_instance_uid=sop_instance_uid,
@@ -238,12 +307,10 @@ class Ingestor:
                 ecg_id=row.id,
                 detail={"sha256": sha, "object_version": version, "decode_status": row.decode_status},
             )
-            result = IngestResult(obj.id, row.id, job_id, new_version=version > 1)
-        logger.info(
-            "stored DICOM uid#%s as ecg %s (job %s)", uid_hash(sop_instance_uid), result.ecg_id, result.job_id
-        )
-        self._notify()
-        return result
+            logger.info("stored DICOM uid#%s as ecg %s (job %s)", uid_hash(sop_instance_uid), row.id, job_id)
+            return IngestResult(obj.id, row.id, job_id, new_version=version > 1)
+
+        return self._submit(data, apply)
 
     # -- HL7 ---------------------------------------------------------------------------------------------
     def ingest_hl7(
@@ -254,24 +321,23 @@ class Ingestor:
         message_type: str | None,
         peer_address: str | None = None,
     ) -> IngestResult:
-        """Store one HL7 v2 message and queue its parsing. A retransmission (same bytes) is a duplicate."""
-        sha = hashlib.sha256(data).hexdigest()
-        with self.db.session() as session:
-            existing = self._existing(session, sha)
+        """Store one HL7 v2 message and queue its parsing. A retransmission (same bytes) is a duplicate.
+
+        Raises
+        ------
+        BackPressureError, StorageError
+            As :meth:`ingest_dicom`: answer ``AE``, the sender retries.
+        """
+
+        def apply(session: Session, existing: SourceObject | None, sha: str, path: str) -> IngestResult:
             if existing is not None:
                 logger.info("retransmitted HL7 msh10#%s acknowledged, not queued again", uid_hash(control_id))
-                return IngestResult(existing.id, None, None, duplicate=True)
-        self.check_capacity(len(data))
-        sha, path = self.store.put(data)
-        with self.db.session() as session:
-            existing = self._existing(session, sha)
-            if existing is not None:
                 return IngestResult(existing.id, None, None, duplicate=True)
             obj = self._source(
                 session,
                 data,
                 sha,
-                str(path),
+                path,
                 kind="hl7",
                 message_control_id=control_id,
                 message_type=message_type,
@@ -286,33 +352,35 @@ class Ingestor:
                 address=peer_address,
                 detail={"sha256": sha, "message_type": message_type, "control_id_hash": uid_hash(control_id)},
             )
-            result = IngestResult(obj.id, None, job_id)
-        logger.info("stored HL7 %s msh10#%s (job %s)", message_type, uid_hash(control_id), result.job_id)
-        self._notify()
-        return result
+            logger.info("stored HL7 %s msh10#%s (job %s)", message_type, uid_hash(control_id), job_id)
+            return IngestResult(obj.id, None, job_id)
+
+        return self._submit(data, apply)
 
     # -- files -------------------------------------------------------------------------------------------
     def ingest_file(self, data: bytes, *, filename: str | None = None, kind: str = "file") -> IngestResult:
         """Store a file of any supported format and queue its decoding in the worker."""
-        sha = hashlib.sha256(data).hexdigest()
-        with self.db.session() as session:
-            existing = self._existing(session, sha)
+
+        def apply(session: Session, existing: SourceObject | None, sha: str, path: str) -> IngestResult:
             if existing is not None:
                 ecg_id = session.execute(
                     select(EcgRecord.id).where(EcgRecord.source_object_id == existing.id)
                 ).scalar()
                 return IngestResult(existing.id, ecg_id, None, duplicate=True)
-        self.check_capacity(len(data))
-        sha, path = self.store.put(data)
-        with self.db.session() as session:
-            existing = self._existing(session, sha)
-            if existing is not None:
-                return IngestResult(existing.id, None, None, duplicate=True)
-            obj = self._source(session, data, sha, str(path), kind=kind)
+            obj = self._source(session, data, sha, path, kind=kind)
             job_id = self.queue.defer(
                 session, "decode", {"source_object_id": obj.id}, dedupe_key=f"decode:src:{obj.id}"
             )
             audit.record(session, "cli.action", detail={"action": "ingest_file", "sha256": sha, "kind": kind})
-            result = IngestResult(obj.id, None, job_id)
-        self._notify()
-        return result
+            return IngestResult(obj.id, None, job_id)
+
+        return self._submit(data, apply)
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    data: bytes
+    apply: Callable[[Session, SourceObject | None, str, str], IngestResult]
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    result: IngestResult | None = None
+    error: Exception | None = None

@@ -128,3 +128,42 @@ def test_audit_chain_verifies_and_detects_tampering(sqlite_db: Database) -> None
     with sqlite_db.session() as s:
         report = audit.verify_session(s)
     assert not report.ok and report.first_broken_id == 3
+
+
+def test_concurrent_ingests_share_group_commits_and_each_is_stored_once(ingestor: Ingestor, db: Database) -> None:
+    import threading
+
+    results: list[object] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def send(i: int) -> None:
+        try:
+            start.wait(10)
+            # messages 0 and 1 are identical: one must be recognised as the duplicate of the other
+            body = b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|C%d|P|2.5.1\r" % (i if i > 1 else 0)
+            results.append(ingestor.ingest_hl7(body, control_id=f"C{i}", message_type="ORU^R01"))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(results) == 16
+    assert sum(1 for r in results if r.duplicate) == 1  # type: ignore[attr-defined]
+    assert _count(db, SourceObject) == 15 and _count(db, Job) == 15
+
+
+def test_a_failing_item_does_not_sink_the_rest_of_its_group(ingestor: Ingestor, db: Database) -> None:
+    from ecgcad.errors import StorageError
+
+    def boom(session, existing, sha, path):  # type: ignore[no-untyped-def]
+        raise RuntimeError("constraint violated")
+
+    with pytest.raises(StorageError):
+        ingestor._submit(b"bad one", boom)
+    r = ingestor.ingest_hl7(b"good one", control_id="G", message_type="ORU^R01")
+    assert r.job_id is not None and _count(db, SourceObject) == 1
