@@ -257,11 +257,14 @@ class Hl7Server:
                 oversize: MllpFrameTooLarge | None = None
             except MllpFrameTooLarge as exc:
                 messages, oversize = exc.frames, exc
-            for message in messages:
-                ack = await self._handle_message(message, peer)
+            # Frames that arrived together are stored together (the ingestor group-commits concurrent
+            # callers); their ACKs still go out in order, each only after its commit.
+            acks = await asyncio.gather(*(self._handle_message(m, peer) for m in messages))
+            for ack in acks:
                 if ack is not None:
                     writer.write(frame(ack))
-                    await writer.drain()
+            if acks:
+                await writer.drain()
             if oversize is not None:
                 logger.warning("MLLP frame from %s over %d bytes: AR and close", peer, oversize.limit)
                 await self._run(
