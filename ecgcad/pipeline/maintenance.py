@@ -150,7 +150,7 @@ def run_maintenance(ctx: Any, *, vacuum: bool | None = None) -> dict[str, Any]:
         raw = ctx.db.engine.raw_connection()
         try:
             cur = raw.cursor()
-            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             cur.execute("ANALYZE")
             pages = cur.execute("PRAGMA page_count").fetchone()[0]
             free = cur.execute("PRAGMA freelist_count").fetchone()[0]
@@ -158,8 +158,9 @@ def run_maintenance(ctx: Any, *, vacuum: bool | None = None) -> dict[str, Any]:
             do_vacuum = vacuum if vacuum is not None else bool(pages and free / pages > VACUUM_FREE_FRACTION)
             if do_vacuum:
                 cur.execute("VACUUM")
-                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             report["vacuumed"] = do_vacuum
+            cur.close()
         finally:
             raw.close()
     else:
