@@ -199,6 +199,9 @@ class QueueSettings(_Section):
     """The job queue."""
 
     max_attempts: int = Field(5, ge=1, description="Attempts before a job is failed (dead letter).")
+    delivery_workers: int = Field(
+        2, ge=1, description="Threads sending results (network-bound, separate from scoring)."
+    )
     lease_s: float = Field(
         120.0, gt=0, description="A claimed job not finished within this is claimable again."
     )

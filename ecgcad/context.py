@@ -29,6 +29,7 @@ class AppContext:
     queue: JobQueue
     ingestor: Any
     components: dict[str, Any] = dataclasses.field(default_factory=dict)
+    wakers: list[Any] = dataclasses.field(default_factory=list)
     _predictor: Any = None
     _predictor_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -45,6 +46,14 @@ class AppContext:
         q = queue or make_queue(settings, db)
         ingestor = Ingestor(db, store, q, max_depth=settings.queue.max_depth)
         return cls(settings=settings, db=db, store=store, queue=q, ingestor=ingestor)
+
+    def wake(self) -> None:
+        """Tell idle in-process workers that new work was committed."""
+        for wake in list(self.wakers):
+            try:
+                wake()
+            except Exception:  # noqa: BLE001 - waking is best effort
+                logger.debug("wake failed", exc_info=True)
 
     def get_predictor(self) -> Any:
         """The scoring model (loaded once, kept resident)."""

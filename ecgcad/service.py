@@ -84,12 +84,20 @@ class Service:
             logger.warning("dicom.allowed_calling_aets is empty: any calling AE may store to this service")
         if "worker" in self.roles:
             from ecgcad.jobs.worker import Worker
-            from ecgcad.pipeline.handlers import register_handlers
+            from ecgcad.pipeline.handlers import register_handlers, warm_up
 
+            warm_up()
             worker = Worker(ctx.queue)
-            register_handlers(ctx, worker)
-            ctx.ingestor.on_enqueue = worker.wake
+            register_handlers(ctx, worker, exclude={"deliver"})
+            wakers = [worker.wake]
             self._start("worker", worker, f"kinds={','.join(worker.kinds)}")
+            for i in range(self.settings.queue.delivery_workers):
+                sender = Worker(ctx.queue, worker_id=f"{worker.worker_id}:deliver{i}", idle_sleep_s=0.25)
+                register_handlers(ctx, sender, only={"deliver"})
+                wakers.append(sender.wake)
+                self._start(f"delivery-worker-{i}", sender, "kinds=deliver")
+            ctx.wakers = wakers
+            ctx.ingestor.on_enqueue = ctx.wake
         if "scheduler" in self.roles:
             from ecgcad.jobs.schedule import build_scheduler
 
@@ -125,7 +133,7 @@ class Service:
     def stop(self) -> None:
         """Stop components: listeners first, then worker, scheduler and API."""
         order = {"dicom": 0, "hl7": 0, "worker": 1, "scheduler": 2, "api": 3}
-        for name, component in sorted(self._started, key=lambda nc: order.get(nc[0], 9)):
+        for name, component in sorted(self._started, key=lambda nc: order.get(nc[0].split("-")[0], 1)):
             try:
                 component.stop()
                 logger.info("stopped %s", name)

@@ -188,7 +188,10 @@ class DicomStoreSender:
         ae.network_timeout = self.timeout
         ae.connection_timeout = self.timeout
         transfer = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        if "file_meta" in ds and ds.file_meta.get("TransferSyntaxUID") not in (None, *transfer):
+        if getattr(ds, "file_meta", None) is not None and ds.file_meta.get("TransferSyntaxUID") not in (
+            None,
+            *transfer,
+        ):
             transfer.insert(0, ds.file_meta.TransferSyntaxUID)
         ae.add_requested_context(ds.SOPClassUID, transfer)
         started = time.monotonic()

@@ -8,25 +8,38 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+OPTIONAL_HANDLERS = (
+    ("hl7", "ecgcad.pipeline.hl7_jobs", "make_hl7_handler"),
+    ("deliver", "ecgcad.pipeline.delivery", "make_deliver_handler"),
+    ("rescore", "ecgcad.pipeline.delivery", "make_rescore_handler"),
+    ("retention", "ecgcad.pipeline.maintenance", "make_retention_handler"),
+    ("maintenance", "ecgcad.pipeline.maintenance", "make_maintenance_handler"),
+)
 
-def register_handlers(ctx: Any, worker: Any) -> None:
-    """Register ``score`` (micro-batched), ``decode``, ``hl7``, ``deliver`` and maintenance handlers."""
+
+def register_handlers(
+    ctx: Any, worker: Any, *, only: set[str] | None = None, exclude: set[str] | None = None
+) -> None:
+    """Register ``score`` (micro-batched), ``decode``, ``hl7``, ``deliver`` and maintenance handlers.
+
+    ``only`` / ``exclude`` pick job kinds, so that deliveries (network-bound) run on their own threads and a
+    slow peer never delays scoring.
+    """
     from ecgcad.pipeline.scoring import make_decode_handler, make_score_handler
 
+    def wanted(kind: str) -> bool:
+        return (only is None or kind in only) and (exclude is None or kind not in exclude)
+
     model = ctx.settings.model
-    worker.register(
-        "score", make_score_handler(ctx), batch_size=model.max_batch, max_wait_ms=model.max_wait_ms
-    )
-    worker.register("decode", make_decode_handler(ctx))
-    optional = (
-        ("hl7", "ecgcad.pipeline.hl7_jobs", "make_hl7_handler"),
-        ("deliver", "ecgcad.pipeline.delivery", "make_deliver_handler"),
-        ("rescore", "ecgcad.pipeline.delivery", "make_rescore_handler"),
-        ("retention", "ecgcad.pipeline.maintenance", "make_retention_handler"),
-        ("maintenance", "ecgcad.pipeline.maintenance", "make_maintenance_handler"),
-        ("pacs_catch_up", "ecgcad.pipeline.backfill", "make_pacs_catch_up_handler"),
-    )
-    for kind, module_name, factory in optional:
+    if wanted("score"):
+        worker.register(
+            "score", make_score_handler(ctx), batch_size=model.max_batch, max_wait_ms=model.max_wait_ms
+        )
+    if wanted("decode"):
+        worker.register("decode", make_decode_handler(ctx))
+    for kind, module_name, factory in OPTIONAL_HANDLERS:
+        if not wanted(kind):
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -36,3 +49,18 @@ def register_handlers(ctx: Any, worker: Any) -> None:
             raise
         if hasattr(module, factory):
             worker.register(kind, getattr(module, factory)(ctx))
+
+
+def warm_up() -> None:
+    """Import the heavy builders now, so that the first result is not delayed by imports (seconds)."""
+    for name in (
+        "highdicom",
+        "ecgcad.integration.sr",
+        "ecgcad.integration.oru",
+        "ecgcad.integration.pdf",
+        "matplotlib.pyplot",
+    ):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - warm-up is best effort
+            logger.debug("warm-up import of %s failed", name, exc_info=True)

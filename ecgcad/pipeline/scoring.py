@@ -141,6 +141,8 @@ def create_deliveries(ctx: Any, session: Session, result: Result) -> list[int]:
                 {"delivery_id": existing.id},
                 dedupe_key=f"deliver:{existing.id}:0",
                 max_attempts=dest.max_attempts,
+                # the SR and the ORU carry the result; the PDF (slow to render) goes after them
+                priority=0 if kind == "pdf" else 10,
             )
     return created
 
@@ -280,6 +282,8 @@ def make_score_handler(ctx: Any) -> Any:
             except Exception as exc:  # noqa: BLE001
                 logger.exception("storing the result of ecg %s failed", prep.ecg_id)
                 failures[prep.job.id] = exc
+        if preps and hasattr(ctx, "wake"):
+            ctx.wake()  # deliveries were queued: wake the delivery workers
         return failures
 
     return handle
