@@ -34,6 +34,17 @@ def configure_logging(level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Third-party libraries log dataset contents at DEBUG/INFO (PHI): keep them quiet.
-    for noisy in ("pynetdicom", "pydicom", "hl7apy", "uvicorn.access", "apscheduler", "procrastinate", "alembic", "highdicom", "matplotlib", "PIL"):
+    for noisy in (
+        "pynetdicom",
+        "pydicom",
+        "hl7apy",
+        "uvicorn.access",
+        "apscheduler",
+        "procrastinate",
+        "alembic",
+        "highdicom",
+        "matplotlib",
+        "PIL",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     configure_logging._done = True  # type: ignore[attr-defined]

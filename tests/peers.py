@@ -87,7 +87,15 @@ class MllpSink:
                     self.messages.append(msg)
                     msh = msg.split(b"\r", 1)[0].split(b"|")
                     control = msh[9] if len(msh) > 9 else b""
-                    ack = b"MSH|^~\\&|SINK||ECGCAD||20260101000000||ACK^R01^ACK|A" + control + b"|P|2.5.1\rMSA|" + self.ack_code.encode() + b"|" + control + b"\r"
+                    ack = (
+                        b"MSH|^~\\&|SINK||ECGCAD||20260101000000||ACK^R01^ACK|A"
+                        + control
+                        + b"|P|2.5.1\rMSA|"
+                        + self.ack_code.encode()
+                        + b"|"
+                        + control
+                        + b"\r"
+                    )
                     writer.write(b"\x0b" + ack + b"\x1c\x0d")
                     await writer.drain()
             except (asyncio.IncompleteReadError, ConnectionError):

@@ -28,7 +28,10 @@ def _enqueue_pacs_catch_up(ctx: Any, source: str, period_s: int) -> None:
     try:
         with ctx.db.session() as s:
             ctx.queue.defer(
-                s, "pacs_catch_up", {"source": source, "period": stamp}, dedupe_key=f"sched:pacs:{source}:{stamp}"
+                s,
+                "pacs_catch_up",
+                {"source": source, "period": stamp},
+                dedupe_key=f"sched:pacs:{source}:{stamp}",
             )
     except Exception:  # noqa: BLE001 - the next tick tries again
         logger.warning("could not enqueue PACS catch-up for %s", source, exc_info=True)

@@ -130,7 +130,9 @@ def test_audit_chain_verifies_and_detects_tampering(sqlite_db: Database) -> None
     assert not report.ok and report.first_broken_id == 3
 
 
-def test_concurrent_ingests_share_group_commits_and_each_is_stored_once(ingestor: Ingestor, db: Database) -> None:
+def test_concurrent_ingests_share_group_commits_and_each_is_stored_once(
+    ingestor: Ingestor, db: Database
+) -> None:
     import threading
 
     results: list[object] = []

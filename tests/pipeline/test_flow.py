@@ -157,7 +157,9 @@ def test_undecodable_ecg_is_reported_not_evaluated_with_its_reason(ctx: AppConte
         sop_instance_uid="1.2.3.999",
         ecg=None,
         decode_error="no waveform sequence",
-        identifiers=EcgIdentifiers(patient_id="MRN-NE", issuer_of_patient_id="HOSP", sop_instance_uid="1.2.3.999"),
+        identifiers=EcgIdentifiers(
+            patient_id="MRN-NE", issuer_of_patient_id="HOSP", sop_instance_uid="1.2.3.999"
+        ),
     )
     _drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
