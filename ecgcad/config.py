@@ -101,6 +101,30 @@ class Hl7Settings(_Section):
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
+class ReportSettings(_Section):
+    """What the outbound SR, PDF and ORU look like (site profile)."""
+
+    sr_sop_class: Literal["comprehensive", "comprehensive3d"] = Field(
+        "comprehensive", description="Comprehensive SR (…88.33) or Comprehensive 3D SR (…88.34)."
+    )
+    manufacturer: str = Field("ecgcad", description="Manufacturer of the SR/PDF and of the algorithm.")
+    institution_name: str = Field("", description="Institution Name of the SR; empty keeps the source's.")
+    oru_result_status: Literal["P", "F"] = Field(
+        "P", description="OBR-25/OBX-11 of first results: P preliminary or F final."
+    )
+    not_evaluated_mode: Literal["IND", "X"] = Field(
+        "IND", description="IND: OBX-8 IND; X: also OBR-25/OBX-11 X."
+    )
+    oru_include_pdf: bool = Field(False, description="Embed the report PDF in the ORU as an ED OBX.")
+    oru_accession_field: Literal["OBR-18", "OBR-20", "none"] = Field(
+        "OBR-18", description="Where the accession goes."
+    )
+    oru_include_pv1: bool = Field(False, description="Always send PV1.")
+    explanation_steps: int = Field(
+        8, ge=1, le=64, description="Integrated-gradient steps for the PDF's explanation windows."
+    )
+
+
 class ApiSettings(_Section):
     """The admin / results API and dashboard."""
 
@@ -269,6 +293,7 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
     gate: GateSettings = Field(default_factory=GateSettings)

@@ -55,16 +55,28 @@ def build_payload(
     from ecgcad.integration.pdf import build_encapsulated_pdf, render_report_pdf
     from ecgcad.integration.sr import build_stenosis_sr
 
-    inp = build_report_input(ctx, session, result, with_signal=delivery.object_kind in ("pdf",))
+    rs = ctx.settings.reports
+    with_pdf = delivery.object_kind == "pdf" or (delivery.object_kind == "oru" and rs.oru_include_pdf)
+    inp = build_report_input(ctx, session, result, with_signal=with_pdf)
     if delivery.object_kind == "sr":
-        ds = build_stenosis_sr(inp)
+        ds = build_stenosis_sr(
+            inp,
+            manufacturer=rs.manufacturer,
+            institution_name=rs.institution_name or None,
+            sop_class=rs.sr_sop_class,
+        )
         return ds, str(ds.SOPInstanceUID)
     if delivery.object_kind == "pdf":
-        ds = build_encapsulated_pdf(inp, render_report_pdf(inp))
+        ds = build_encapsulated_pdf(inp, render_report_pdf(inp), manufacturer=rs.manufacturer)
         return ds, str(ds.SOPInstanceUID)
     if delivery.object_kind == "oru":
         control_id = control_id_for(result.id, result.result_version, delivery.attempts)
-        status = "C" if result.result_version > 1 else "P"
+        status = "C" if result.result_version > 1 else rs.oru_result_status
+        profile = OruProfile(
+            include_pv1=rs.oru_include_pv1,
+            accession_field=None if rs.oru_accession_field == "none" else rs.oru_accession_field,
+            not_evaluated_mode=rs.not_evaluated_mode,
+        )
         msg = build_oru(
             inp,
             control_id=control_id,
@@ -72,7 +84,8 @@ def build_payload(
             sending_application=ctx.settings.hl7.application,
             sending_facility=ctx.settings.hl7.facility,
             receiving_application=dest.ae_title or dest.name.upper(),
-            profile=OruProfile(),
+            profile=profile,
+            include_pdf=render_report_pdf(inp) if rs.oru_include_pdf else None,
         )
         return msg, control_id
     raise BuildError(f"unknown object kind {delivery.object_kind!r}")

@@ -83,7 +83,7 @@ def _explanations(
                 return None
             from ecgcad.model.explain import explain
 
-            expl = explain(predictor, np.nan_to_num(signal))
+            expl = explain(predictor, np.nan_to_num(signal), steps=ctx.settings.reports.explanation_steps)
             result.explanations = expl
             session.flush()
         except EcgcadError as exc:

@@ -219,3 +219,30 @@ def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppCon
     assert pdf.startswith(b"%PDF-")
     with ctx.db.session() as s:
         assert s.execute(select(func.count()).select_from(Job).where(Job.state == "failed")).scalar_one() == 0
+
+
+def test_site_profile_settings_shape_the_sr_and_oru(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        data_dir=str(tmp_path / "var"),
+        reports={"sr_sop_class": "comprehensive3d", "oru_result_status": "F", "oru_include_pdf": True},
+        destinations=[
+            {"name": "pacs", "kind": "dicom", "port": 11113, "ae_title": "PACS"},
+            {"name": "ehr", "kind": "hl7", "port": 2576},
+        ],
+    )
+    upgrade(settings)
+    ctx = AppContext.from_settings(settings)
+    ctx.set_predictor(FakePredictor(fixed=FIXED))
+    senders = {"pacs": FakeSender(), "ehr": FakeSender()}
+    ctx.sender_factory = lambda dest: senders[dest.name]  # type: ignore[attr-defined]
+    _ingest_real(ctx)
+    _drain(ctx, _worker(ctx))
+    (sr,) = senders["pacs"].delivered
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    (oru,) = senders["ehr"].delivered
+    segments = [seg.split(b"|") for seg in oru.split(b"\r") if seg]
+    obr = next(seg for seg in segments if seg[0] == b"OBR")
+    assert obr[25] == b"F"
+    assert any(seg[0] == b"OBX" and seg[2] == b"ED" for seg in segments), "the PDF travels in an ED OBX"
+    assert b"DEMONSTRATION MODEL" not in oru, "a non-demonstration model carries no demo disclaimer"
