@@ -30,6 +30,8 @@ class AppContext:
     ingestor: Any
     components: dict[str, Any] = dataclasses.field(default_factory=dict)
     wakers: list[Any] = dataclasses.field(default_factory=list)
+    #: The last model failure (load or predict) until a prediction succeeds again; shown by readiness.
+    model_error: str | None = None
     _predictor: Any = None
     _predictor_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 

@@ -18,6 +18,8 @@ def readiness(ctx: Any) -> tuple[bool, dict[str, Any]]:
         if comp is not None:
             checks[name] = bool(getattr(comp, "alive", True))
     checks["model_loaded"] = ctx.predictor_loaded
+    # A failing model does not make the service unready: listeners keep accepting and ECGs stay queued.
+    checks["model_error"] = getattr(ctx, "model_error", None)
     try:
         from ecgcad.pipeline.status import destination_states
 

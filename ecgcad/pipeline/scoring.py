@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, SourceObject
-from ecgcad.errors import DecodeError, NotScorableError
+from ecgcad.errors import DecodeError, ModelError, NotScorableError
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 
@@ -220,6 +220,48 @@ def _store_result(
     return result
 
 
+#: Model failures that a smaller batch (or a later retry) may cure: out of memory, runtime errors.
+_MODEL_FAILURES = (ModelError, RuntimeError, MemoryError)
+
+
+def _predict_halving(
+    predictor: Any, preps: list[_Prepared]
+) -> tuple[dict[int, Any], dict[int, BaseException]]:
+    """Predict ``preps`` in one batch; when the model fails (e.g. GPU out of memory), try each half again.
+
+    Returns
+    -------
+    (predictions, failures)
+        ECG id → prediction, and ECG id → exception for the ECGs that failed even alone.
+    """
+    try:
+        out = predictor.predict(np.stack([p.signal for p in preps if p.signal is not None]))
+        return {p.ecg_id: pred for p, pred in zip(preps, out, strict=True)}, {}
+    except _MODEL_FAILURES as exc:
+        if len(preps) == 1:
+            logger.error("model failed on ecg %s: %s", preps[0].ecg_id, type(exc).__name__)
+            return {}, {preps[0].ecg_id: exc}
+        mid = len(preps) // 2
+        logger.warning(
+            "model failed on a batch of %d (%s): retrying as %d + %d",
+            len(preps),
+            type(exc).__name__,
+            mid,
+            len(preps) - mid,
+        )
+        first, failed_first = _predict_halving(predictor, preps[:mid])
+        second, failed_second = _predict_halving(predictor, preps[mid:])
+        return {**first, **second}, {**failed_first, **failed_second}
+
+
+def _model_failed(ctx: Any, exc: BaseException) -> None:
+    """Remember the model failure for readiness (``checks.model_error``)."""
+    try:
+        ctx.model_error = f"{type(exc).__name__}: {exc}"[:300]
+    except AttributeError:  # a context without the field (tests' stand-ins)
+        pass
+
+
 def make_score_handler(ctx: Any) -> Any:
     """The worker handler for ``score`` micro-batches."""
 
@@ -241,14 +283,30 @@ def make_score_handler(ctx: Any) -> Any:
                     continue
                 prep.job = job
                 preps.append(prep)
-        predictor = ctx.get_predictor()
+        try:
+            predictor = ctx.get_predictor()
+        except Exception as exc:  # noqa: BLE001 - the model cannot load: every ECG stays queued
+            logger.error("model unavailable, %d score job(s) retried later: %s", len(jobs), exc)
+            _model_failed(ctx, exc)
+            error = ModelError(f"model unavailable: {type(exc).__name__}")
+            return {job.id: error for job in jobs}
         scorable = [p for p in preps if p.signal is not None]
         predictions: dict[int, Any] = {}
+        model_failures: dict[int, BaseException] = {}
         if scorable:
             t0 = time.perf_counter()
-            out = predictor.predict(np.stack([p.signal for p in scorable if p.signal is not None]))
+            predictions, model_failures = _predict_halving(predictor, scorable)
             TELEMETRY.observe_inference(time.perf_counter() - t0, len(scorable))
-            predictions = {p.ecg_id: pred for p, pred in zip(scorable, out, strict=True)}
+            if model_failures:
+                _model_failed(ctx, next(iter(model_failures.values())))
+            elif getattr(ctx, "model_error", None) is not None:
+                logger.info("model %s predicts again", predictor.model_version)
+                ctx.model_error = None
+        for prep in preps:
+            if prep.ecg_id in model_failures:
+                # Not a not-evaluated verdict: the ECG stays queued and its job is retried with backoff.
+                failures[prep.job.id] = ModelError(f"prediction failed: {model_failures[prep.ecg_id]}")
+        preps = [p for p in preps if p.ecg_id not in model_failures]
         shadow = getattr(ctx, "shadow_predictor", None)
         shadow_out: dict[int, Any] = {}
         if shadow is not None and scorable:
