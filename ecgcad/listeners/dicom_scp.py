@@ -23,11 +23,13 @@ allow-lists; refused associations are audited.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -137,6 +139,7 @@ class DicomScp:
         self._thread: threading.Thread | None = None
         self._ae: AE | None = None
         self.stored = 0
+        self._last_pdu: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,6 +171,8 @@ class DicomScp:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_OPEN, self._on_progress),
+            (evt.EVT_PDU_RECV, self._on_progress),
         ]
         server = ae.make_server(
             (s.host, s.port),
@@ -182,6 +187,8 @@ class DicomScp:
         thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="dicom-scp", daemon=True)
         thread.start()
         self._ae, self._server, self._thread = ae, server, thread
+        watchdog = threading.Thread(target=self._watchdog, args=(server,), name="dicom-watchdog", daemon=True)
+        watchdog.start()
         host, port = self.address
         logger.info(
             "DICOM SCP %s listening on %s:%s%s", s.ae_title, host, port, " (TLS)" if s.tls.enabled else ""
@@ -229,6 +236,35 @@ class DicomScp:
                 audit.record(session, event_type, outcome=outcome, **fields)
         except Exception:  # noqa: BLE001 - an audit failure must not break the association
             logger.exception("could not audit %s", event_type)
+
+    # -- slow peers ------------------------------------------------------------------------------------
+    def _on_progress(self, event: Any) -> None:
+        self._last_pdu[event.assoc] = time.monotonic()
+
+    def _watchdog(self, server: _Server) -> None:
+        """Cut connections that send no complete PDU in time (pynetdicom blocks in ``recv`` until a PDU is
+        whole, so a peer dripping bytes would otherwise hold an association slot past every timeout)."""
+        limit = self.settings.network_timeout_s
+        while self._server is server:
+            time.sleep(min(0.5, limit / 4))
+            ae = self._ae
+            if ae is None:
+                return
+            now = time.monotonic()
+            for assoc in list(ae.active_associations):
+                last = self._last_pdu.get(assoc)
+                # not yet associated: the ACSE timeout; associated: twice the timeout (a store may be slow)
+                allowed = limit if not assoc.is_established else 2 * limit
+                if last is None or now - last <= allowed:
+                    continue
+                logger.warning(
+                    "cutting DICOM connection from %s: no complete PDU for %.0f s",
+                    assoc.requestor.address,
+                    now - last,
+                )
+                self._last_pdu.pop(assoc, None)
+                with contextlib.suppress(Exception):
+                    assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
 
     # -- handlers ----------------------------------------------------------------------------------------
     def _on_established(self, event: Any) -> None:

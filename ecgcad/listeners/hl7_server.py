@@ -240,11 +240,17 @@ class Hl7Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         s = self.settings
         decoder = MllpDecoder(s.max_message_bytes)
+        loop = asyncio.get_running_loop()
+        # The deadline moves only when a whole message arrives: a peer dripping bytes (slowloris) is as idle
+        # as a silent one and cannot hold a connection slot for ever.
+        deadline = loop.time() + s.idle_timeout_s
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), s.idle_timeout_s)
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                logger.info("closing idle MLLP connection from %s", peer)
+                logger.info(
+                    "closing MLLP connection from %s: no complete message for %.0f s", peer, s.idle_timeout_s
+                )
                 return
             if not data:
                 if decoder.in_frame:
@@ -257,6 +263,8 @@ class Hl7Server:
                 oversize: MllpFrameTooLarge | None = None
             except MllpFrameTooLarge as exc:
                 messages, oversize = exc.frames, exc
+            if messages:
+                deadline = loop.time() + s.idle_timeout_s
             # Frames that arrived together are stored together (the ingestor group-commits concurrent
             # callers); their ACKs still go out in order, each only after its commit.
             acks = await asyncio.gather(*(self._handle_message(m, peer) for m in messages))
