@@ -14,6 +14,7 @@ OPTIONAL_HANDLERS = (
     ("rescore", "ecgcad.pipeline.delivery", "make_rescore_handler"),
     ("retention", "ecgcad.pipeline.maintenance", "make_retention_handler"),
     ("maintenance", "ecgcad.pipeline.maintenance", "make_maintenance_handler"),
+    ("pacs_catch_up", "ecgcad.pipeline.backfill", "make_pacs_catch_up_handler"),
 )
 
 

@@ -149,9 +149,11 @@ def test_sample_config_loads_and_documents_every_key() -> None:
     text = path.read_text()
     lines = text.splitlines()
     missing = []
-    for key in _keys(Settings) + [f"destinations.{k}" for k in _keys(DestinationSettings)] + [
-        f"pacs_sources.{k}" for k in _keys(PacsSourceSettings)
-    ]:
+    for key in (
+        _keys(Settings)
+        + [f"destinations.{k}" for k in _keys(DestinationSettings)]
+        + [f"pacs_sources.{k}" for k in _keys(PacsSourceSettings)]
+    ):
         leaf = key.rsplit(".", 1)[-1]
         hits = [i for i, line in enumerate(lines) if re.match(rf"#?\s*{leaf} = ", line)]
         if not hits or not any(lines[i - 1].startswith("#") for i in hits):

@@ -94,7 +94,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _counts(db: Database) -> tuple[int, int, int]:
     with db.session() as s:
         results = s.execute(select(func.count()).select_from(Result)).scalar_one()
-        sent = s.execute(select(func.count()).select_from(Delivery).where(Delivery.state == "sent")).scalar_one()
+        sent = s.execute(
+            select(func.count()).select_from(Delivery).where(Delivery.state == "sent")
+        ).scalar_one()
         ecgs = s.execute(select(func.count()).select_from(EcgRecord)).scalar_one()
     return int(results), int(sent), int(ecgs)
 
@@ -147,7 +149,9 @@ def _run(n: int, tmp_path: Path, postgres_server: object, timeout_s: float) -> N
                     Result.ecg_id, Result.model_version_id
                 )
             ).all()
-            assert len(per_key) == n and all(c == 1 for *_, c in per_key), "one result per ECG and model version"
+            assert len(per_key) == n and all(c == 1 for *_, c in per_key), (
+                "one result per ECG and model version"
+            )
             rows = s.execute(select(Delivery.result_id, Delivery.destination, Delivery.state)).all()
             assert len(rows) == 2 * n and {r.state for r in rows} == {"sent"}
         deadline = time.monotonic() + 30
