@@ -158,4 +158,4 @@ def test_sample_config_loads_and_documents_every_key() -> None:
         hits = [i for i, line in enumerate(lines) if re.match(rf"#?\s*{leaf} = ", line)]
         if not hits or not any(lines[i - 1].startswith("#") for i in hits):
             missing.append(key)
-    assert not missing, f"deploy/ecgcad.toml lacks (commented) keys: {missing}"
+    assert not missing, f"deploy/ecgcad.toml lacks {missing}: run deploy/make_sample_config.py"
