@@ -8,7 +8,7 @@ The keys below are a public contract (files written by people and by tests outsi
     [dicom]   ae_title, host, port, allowed_calling_aets, ...
     [hl7]     host, port, ...
     [api]     host, port, ...
-    [model]   checkpoint, device, max_batch, max_wait_ms
+    [model]   checkpoint, device, max_batch, max_wait_ms, optimize, compile_cache_dir
     [thresholds] rca, lm, lad, lcx
     [[destinations]] name, kind, host, port, ae_title, send
     [queue]   engine, lease_s, max_attempts, ...
@@ -141,6 +141,15 @@ class ModelSettings(_Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     max_batch: int = Field(64, ge=1, description="Largest micro-batch per forward pass.")
     max_wait_ms: int = Field(20, ge=0, description="How long the worker waits to fill a micro-batch, ms.")
+    optimize: Literal["auto", "none", "fold", "compile"] = Field(
+        "auto",
+        description="Forward pass: auto (= fold) | none (reference module) | fold (batch-norm folded, "
+        "channels-last) | compile (fold + torch.compile; minutes of cold start, cached). "
+        "See docs/performance.md.",
+    )
+    compile_cache_dir: str = Field(
+        "", description="Cache of compiled artefacts for optimize = compile; empty = torch's default."
+    )
     shadow_checkpoint: str = Field(
         "", description="Optional second model run in shadow mode (stored, never sent)."
     )

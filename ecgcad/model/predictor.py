@@ -19,6 +19,7 @@ import torch
 
 from ecgcad.errors import ModelError
 from ecgcad.model.checkpoint import DEFAULT_THRESHOLDS, LoadedModel, load_checkpoint
+from ecgcad.model.fastpath import ForwardPass, resolve_optimize
 from ecgcad.model.preprocess import PreprocessingRecipe, preprocess
 from ecgcad.model.risk import VESSELS, Prediction, RiskThresholds, make_prediction
 
@@ -117,9 +118,10 @@ class TorchPredictor:
     """A resident ``Net1D`` that scores batches of canonical signals.
 
     Preprocessing runs on the CPU (vectorised numpy/scipy, float64 then float32); the forward pass runs on
-    ``device`` under ``inference_mode``, with bf16 autocast on CUDA (fp32 on CPU). Batches larger than
+    ``device`` under ``inference_mode`` as ``optimize`` selects (:mod:`ecgcad.model.fastpath`: the
+    reference module, batch-norm folded, or compiled; fp32 on the CPU, bf16 on CUDA). Batches larger than
     ``max_batch`` are split. On the CPU each ECG's probabilities do not depend on the batch it lands in
-    (to 1e-6; tested).
+    (to 1e-6; tested for every mode).
 
     Parameters
     ----------
@@ -132,12 +134,18 @@ class TorchPredictor:
     max_batch:
         Largest forward batch.
     warmup:
-        Run one forward pass now, so the first real request is not the slow one.
+        Run one forward pass now (with ``optimize="compile"``: compile every batch bucket), so the first
+        real request is not the slow one.
+    optimize:
+        ``auto`` (= ``fold``), ``none``, ``fold`` or ``compile`` (see :mod:`ecgcad.model.fastpath`).
+    compile_cache_dir:
+        Where ``compile`` caches compiled artefacts; empty → torch's default cache folder.
 
     Raises
     ------
     ModelError
-        The checkpoint's outputs are not [rca, lm, lad, lcx], or the device is unavailable.
+        The checkpoint's outputs are not [rca, lm, lad, lcx], the device is unavailable, or the
+        optimisation cannot run here.
     """
 
     def __init__(
@@ -148,6 +156,8 @@ class TorchPredictor:
         device: str = "auto",
         max_batch: int = 64,
         warmup: bool = True,
+        optimize: str = "auto",
+        compile_cache_dir: str = "",
     ) -> None:
         if tuple(loaded.outputs) != VESSELS:
             raise ModelError(
@@ -169,10 +179,18 @@ class TorchPredictor:
         self.max_batch = int(max_batch)
         self.device = resolve_device(device)
         self.module = loaded.module.to(self.device).eval()
-        self._autocast = self.device.type == "cuda"
+        self.optimize = resolve_optimize(optimize, self.device)
+        self.forward = ForwardPass(
+            self.module,
+            self.device,
+            self.optimize,
+            max_batch=self.max_batch,
+            cache_dir=compile_cache_dir or None,
+        )
         if warmup:
-            self.forward_preprocessed(np.zeros((1, 12, self.preprocessing.n_samples), np.float32))
-        logger.info("model %s ready on %s", self.model_version, self.device)
+            with torch.inference_mode():
+                self.forward.warmup(int(self.module.config["in_channels"]), self.preprocessing.n_samples)
+        logger.info("model %s ready on %s (optimize=%s)", self.model_version, self.device, self.optimize)
 
     def describe(self) -> dict[str, Any]:
         """What is recorded with each result."""
@@ -184,6 +202,7 @@ class TorchPredictor:
             "thresholds": self.thresholds.to_dict(),
             "demonstration": self.demonstration,
             "device": str(self.device),
+            "optimize": self.optimize,
         }
 
     def preprocess(self, signals: np.ndarray) -> np.ndarray:
@@ -196,10 +215,7 @@ class TorchPredictor:
         with torch.inference_mode():
             for start in range(0, len(x), self.max_batch):
                 chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + self.max_batch]))
-                chunk = chunk.to(self.device, non_blocking=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
-                    logits = self.module(chunk)
-                out.append(logits.float().cpu().numpy())
+                out.append(self.forward(chunk).numpy())
         if not out:
             return np.zeros((0, len(VESSELS)), np.float32)
         return np.concatenate(out)
@@ -223,7 +239,8 @@ class TorchPredictor:
 def default_predictor(settings: Settings, *, warmup: bool = True) -> TorchPredictor:
     """The service's predictor: ``settings.model.checkpoint``, or the built-in demonstration model if empty.
 
-    Thresholds come from ``settings.thresholds``; device and ``max_batch`` from ``settings.model``.
+    Thresholds come from ``settings.thresholds``; device, ``max_batch``, ``optimize`` and
+    ``compile_cache_dir`` from ``settings.model``.
 
     Raises
     ------
@@ -244,4 +261,6 @@ def default_predictor(settings: Settings, *, warmup: bool = True) -> TorchPredic
         device=settings.model.device,
         max_batch=settings.model.max_batch,
         warmup=warmup,
+        optimize=settings.model.optimize,
+        compile_cache_dir=settings.model.compile_cache_dir,
     )
