@@ -63,6 +63,16 @@ def migrate(
     configure_logging(settings.log_level)
     try:
         upgrade(settings, revision)
+        if not settings.is_embedded and settings.queue.engine in ("auto", "procrastinate"):
+            from ecgcad.db.session import make_engine
+            from ecgcad.jobs.procrastinate_store import PostgresStore
+
+            engine = make_engine(settings.effective_database_url)
+            try:
+                if PostgresStore(engine).install_schema():
+                    typer.echo("procrastinate queue schema installed")
+            finally:
+                engine.dispose()
     except EcgcadError as exc:
         fail(str(exc))
     typer.echo(f"database at {revision}")
