@@ -33,7 +33,20 @@ class PostgresServer:
         self.as_root = os.geteuid() == 0
         if self.as_root:
             os.chmod(self.tmp, 0o777)
-        self._run([str(self.bindir / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+        self._run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+        )
         self._run(
             [
                 str(self.bindir / "pg_ctl"),
@@ -62,7 +75,9 @@ class PostgresServer:
         import psycopg
 
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 

@@ -177,7 +177,12 @@ class SqlJobQueue:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-        stmt = dialect_insert(Job).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Job.id)
+        stmt = (
+            dialect_insert(Job)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Job.id)
+        )
         job_id = session.execute(stmt).scalar()
         return int(job_id) if job_id is not None else None
 
@@ -209,20 +214,26 @@ class SqlJobQueue:
                     job.finished_at = now
                     continue
                 if job.state == "running":
-                    logger.warning("job %s lease expired (claimed by %s); claiming again", job.id, job.claimed_by)
+                    logger.warning(
+                        "job %s lease expired (claimed by %s); claiming again", job.id, job.claimed_by
+                    )
                 job.state = "running"
                 job.attempts += 1
                 job.lease_until = lease_until
                 job.claimed_by = worker_id
                 job.updated_at = now
-                claimed.append(ClaimedJob(job.id, job.kind, dict(job.payload), job.attempts, job.max_attempts))
+                claimed.append(
+                    ClaimedJob(job.id, job.kind, dict(job.payload), job.attempts, job.max_attempts)
+                )
         return claimed
 
     def extend_lease(self, job_ids: Sequence[int]) -> None:
         """Push the lease of running jobs forward (long batches)."""
         until = utcnow() + dt.timedelta(seconds=self.lease_s)
         with self.db.session() as session:
-            session.execute(update(Job).where(Job.id.in_(list(job_ids)), Job.state == "running").values(lease_until=until))
+            session.execute(
+                update(Job).where(Job.id.in_(list(job_ids)), Job.state == "running").values(lease_until=until)
+            )
 
     # -- finish ------------------------------------------------------------------------------------------
     def complete(self, job_id: int) -> None:
@@ -276,7 +287,9 @@ class SqlJobQueue:
 
     def depth(self) -> int:
         with self.db.session() as session:
-            return int(session.execute(select(func.count()).where(Job.state.in_(("queued", "running")))).scalar_one())
+            return int(
+                session.execute(select(func.count()).where(Job.state.in_(("queued", "running")))).scalar_one()
+            )
 
     def oldest_waiting_age_s(self) -> float | None:
         with self.db.session() as session:
@@ -323,5 +336,16 @@ class SqlJobQueue:
     def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         """Failed (dead-letter) jobs with their errors, newest first."""
         with self.db.session() as session:
-            jobs = session.execute(select(Job).where(Job.state == "failed").order_by(Job.id.desc()).limit(limit)).scalars()
-            return [{"id": j.id, "kind": j.kind, "attempts": j.attempts, "last_error": j.last_error, "payload": dict(j.payload)} for j in jobs]
+            jobs = session.execute(
+                select(Job).where(Job.state == "failed").order_by(Job.id.desc()).limit(limit)
+            ).scalars()
+            return [
+                {
+                    "id": j.id,
+                    "kind": j.kind,
+                    "attempts": j.attempts,
+                    "last_error": j.last_error,
+                    "payload": dict(j.payload),
+                }
+                for j in jobs
+            ]
