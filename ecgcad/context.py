@@ -33,6 +33,7 @@ class AppContext:
     #: The last model failure (load or predict) until a prediction succeeds again; shown by readiness.
     model_error: str | None = None
     _predictor: Any = None
+    _shadow: Any = None
     _predictor_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @classmethod
@@ -62,9 +63,48 @@ class AppContext:
         with self._predictor_lock:
             if self._predictor is None:
                 from ecgcad.model import default_predictor
+                from ecgcad.model.lifecycle import resolve_active_checkpoint
 
-                self._predictor = default_predictor(self.settings)
+                settings = self.settings
+                promoted = resolve_active_checkpoint(self.db)  # `ecgcad model promote` wins over [model]
+                if promoted is not None:
+                    model = settings.model.model_copy(update={"checkpoint": promoted})
+                    settings = settings.model_copy(update={"model": model})
+                self._predictor = default_predictor(settings)
             return self._predictor
+
+    @property
+    def shadow_predictor(self) -> Any:
+        """The ``[model] shadow_checkpoint`` model (loaded once), or ``None``.
+
+        Its results are stored and never sent (``pipeline.scoring``). A shadow checkpoint that cannot be
+        loaded, or that is the active model itself, is logged and left out: it never affects live scoring.
+        """
+        path = self.settings.model.shadow_checkpoint
+        if not path:
+            return None
+        with self._predictor_lock:
+            if self._shadow is None:
+                try:
+                    from ecgcad.model.checkpoint import load_checkpoint
+                    from ecgcad.model.predictor import TorchPredictor
+                    from ecgcad.model.risk import RiskThresholds
+
+                    self._shadow = TorchPredictor(
+                        load_checkpoint(path),
+                        thresholds=RiskThresholds.from_settings(self.settings.thresholds),
+                        device=self.settings.model.device,
+                        max_batch=self.settings.model.max_batch,
+                    )
+                except Exception:  # noqa: BLE001 - a broken shadow model must not stop the service
+                    logger.exception("shadow model %s could not be loaded; running without it", path)
+                    self._shadow = False
+        active = self._predictor
+        if self._shadow is False or (
+            active is not None and self._shadow.checkpoint_sha256 == active.checkpoint_sha256
+        ):
+            return None
+        return self._shadow
 
     def set_predictor(self, predictor: Any) -> None:
         """Use ``predictor`` instead of loading one (tests, shadow models)."""
