@@ -28,8 +28,11 @@ SCORABLE_SUFFIXES = {".dcm", ".dicom", ".xml", ".hl7", ".txt", ".er7", ""}
 
 def register(app: typer.Typer) -> None:
     """Add the model commands to the ``ecgcad`` app."""
+    from ecgcad.model import cli_train
+
     app.add_typer(model_app, name="model")
     app.command("score")(score)
+    cli_train.register(app, model_app)
 
 
 @model_app.command("info")
