@@ -104,6 +104,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.split not in ("cv", "fixed"):
             raise ModelError(f"split must be 'cv' or 'fixed', not {self.split!r}")
+        if self.split == "fixed" and self.folds < 3:
+            raise ModelError("a fixed split needs folds ≥ 3 (one test, one validation, the rest train)")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ModelError("epochs, batch size and learning rate must be positive")
         if self.linear_probe and not self.init:
