@@ -35,6 +35,8 @@ Layout = Literal["ncl", "channels_last"]
 
 def _bn_scale_shift(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """The eval-mode batch-norm as ``y = x·scale + shift`` (float64 math, float32 out)."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("batch-norm without running statistics cannot be folded")
     var = bn.running_var.detach().double()
     mean = bn.running_mean.detach().double()
     weight = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
@@ -129,7 +131,9 @@ class FoldedBlock(nn.Module):
         out = x
         if not self.is_first_block:
             if self.has_pre_affine:
-                out = out * self.pre_scale + self.pre_shift
+                scale: torch.Tensor = self.pre_scale  # type: ignore[assignment]
+                shift: torch.Tensor = self.pre_shift  # type: ignore[assignment]
+                out = out * scale + shift
             out = _swish(out)
         out = _swish(self.conv1(out))
         out = _swish(self.conv2(out))
