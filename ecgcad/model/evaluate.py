@@ -103,9 +103,9 @@ def lowess(
         if it == iterations:
             break
         resid = ys - fitted
-        s = np.median(np.abs(resid))
-        if s <= 0:
-            break
+        s = float(np.median(np.abs(resid)))
+        if s < 1e-7 * (float(np.mean(np.abs(ys))) + 1e-12):
+            break  # an (almost) exact fit: nothing left to robustify (Cleveland's stopping rule)
         robust = np.clip(1 - (resid / (6 * s)) ** 2, 0, 1) ** 2
     return xs, fitted
 
