@@ -397,11 +397,14 @@ def build_synthetic_store(
     n: int,
     seed: int,
     prevalence: tuple[float, ...] | None = None,
+    validation_fraction: float | None = None,
 ) -> DatasetStore:
     """A store of synthetic ECGs (:func:`ecgcad.model.synthetic.generate`) with made-up covariates.
 
     Each positive vessel gets grade 4 or 5, each negative 0–3; age, sex and site are drawn from the seed,
-    so that every evaluation section (grades, subgroups) has something to show.
+    so that every evaluation section (grades, subgroups) has something to show. With
+    ``validation_fraction`` the last rows get ``split = validation`` and the rest ``split = train`` (for
+    ``train --split fixed`` with the test set held out elsewhere).
     """
     from ecgcad.model.synthetic import DEFAULT_PREVALENCE, generate
 
@@ -416,6 +419,13 @@ def build_synthetic_store(
     sites = rng.choice(["A", "B"], n)
     normal = rng.random(n) < 0.4
     dates = [str(dt.date(2020, 1, 1) + dt.timedelta(days=int(d))) for d in rng.integers(0, 1460, n)]
+
+    n_validation = int(round((validation_fraction or 0.0) * n))
+
+    def split_of(k: int) -> dict[str, str]:
+        if validation_fraction is None:
+            return {}
+        return {"split": "validation" if k >= n - n_validation else "train"}
 
     def items() -> Iterable[tuple[np.ndarray | None, dict[str, Any]]]:
         for k in range(n):
@@ -433,6 +443,7 @@ def build_synthetic_store(
                         "site": str(sites[k]),
                         "acquisition_date": dates[k],
                         "ecg_normal": "1" if normal[k] else "0",
+                        **split_of(k),
                     },
                     "reasons": [],
                 },
