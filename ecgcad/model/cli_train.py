@@ -203,7 +203,7 @@ def train_command(
     if threads:
         torch.set_num_threads(threads)
     arch: dict[str, Any] | None = width_architecture(width) if width else None
-    extra = {
+    extra: dict[str, Any] = {
         "filter_list": _int_list(filters, "--filters"),
         "m_blocks_list": _int_list(blocks, "--blocks"),
         "groups_width": groups_width,

@@ -303,7 +303,8 @@ def write_store(
     )
     labels = np.zeros((max(capacity, 1), len(VESSELS)), np.uint8)
     grades = np.full((max(capacity, 1), len(VESSELS)), np.nan)
-    records, excluded = [], []
+    records: list[dict[str, Any]] = []
+    excluded: list[dict[str, Any]] = []
     for sig, record in items:
         if sig is None:
             excluded.append(record)

@@ -320,7 +320,9 @@ def evaluate_predictions(
             "seed": seed,
         },
         "vessels": vessels,
-        "any_vessel": operating_point(preds.labels.any(axis=1), flags.any(axis=1).astype(float), 0.5),
+        "any_vessel": operating_point(
+            np.asarray(preds.labels.any(axis=1)), np.asarray(flags.any(axis=1), float), 0.5
+        ),
         "subgroups": subgroups(preds),
         "grade_trend": grade_trend(preds),
     }
