@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow lint bench install clean demo-model
+.PHONY: run test test-slow lint bench bench-full bench-gpu install clean
 
 install: $(STAMP)
 
@@ -35,9 +35,20 @@ lint: install
 	$(VENV)/bin/ruff format --check ecgcad tests bench
 	$(VENV)/bin/mypy ecgcad
 
+# `make bench` runs every benchmark at its quick size (each prints its baseline beside it and writes
+# bench/results/*.json); `make bench-full` runs the full sizes (cold torch.compile and full training: long).
 bench: install
 	mkdir -p bench/results
+	for f in bench/bench_*.py; do \
+	  args=""; grep -q -- '"--quick"' $$f && args="--quick"; grep -q -- '"--reduced"' $$f && args="--reduced"; \
+	  echo "== $$f $$args"; $(PY) $$f $$args || exit 1; done
+
+bench-full: install
+	mkdir -p bench/results
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+bench-gpu: install
+	bash bench/gpu.sh bench/results/gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

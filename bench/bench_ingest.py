@@ -215,7 +215,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dicom", type=int, default=200, help="C-STOREs per run")
     parser.add_argument("--hl7", type=int, default=1000, help="ORU messages per run")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (make bench)")
     args = parser.parse_args()
+    if args.quick:
+        args.dicom, args.hl7 = min(args.dicom, 80), min(args.hl7, 300)
     import logging
 
     logging.disable(logging.WARNING)
