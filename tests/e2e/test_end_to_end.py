@@ -97,6 +97,23 @@ def running(tmp_path: Path) -> Iterator[Running]:
     assert r.proc.returncode == 0, r.log_path.read_text()[-3000:]
 
 
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def _received(running: Running, *classes: str) -> dict[str, pydicom.Dataset] | None:
+    """The objects of ``classes`` fully received by the PACS stand-in, or None while any is missing."""
+    found: dict[str, pydicom.Dataset] = {}
+    for f in running.pacs.files():
+        try:
+            ds = pydicom.dcmread(f)  # storescp may still be writing a file: retry on the next poll
+        except Exception:  # noqa: BLE001
+            continue
+        if ds.SOPClassUID in classes:
+            found[ds.SOPClassUID] = ds
+    return found if all(c in found for c in classes) else None
+
+
 def _check_sr(sr: pydicom.Dataset, source: pydicom.Dataset) -> dict[str, tuple[float, str]]:
     for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID"):
         assert sr.get(keyword) == source.get(keyword), keyword
@@ -170,16 +187,10 @@ def test_storescu_ecg_produces_validated_sr_pdf_and_oru(running: Running) -> Non
         env=env,
     )
     assert out.returncode == 0, out.stderr
-    files = wait_for(
-        lambda: running.pacs.files() if len(running.pacs.files()) >= 2 else None,
-        120,
-        "SR and PDF in storescp",
-    )
+    objs = wait_for(lambda: _received(running, SR_CLASS, PDF_CLASS), 120, "SR and PDF in storescp")
     wait_for(lambda: running.ehr.messages, 60, "ORU at the MLLP sink")
     source = pydicom.dcmread(REAL_ECG)
-    objs = [pydicom.dcmread(f) for f in files]
-    sr = next(o for o in objs if o.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33")
-    pdf = next(o for o in objs if o.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1")
+    sr, pdf = objs[SR_CLASS], objs[PDF_CLASS]
     probs = _check_sr(sr, source)
     assert pdf.PatientID == source.PatientID and bytes(pdf.EncapsulatedDocument).startswith(b"%PDF")
     _check_oru(running.ehr.messages[0], str(source.PatientID), probs)
@@ -199,12 +210,7 @@ def test_ecg_inside_an_hl7_oru_is_scored_and_reported(running: Running) -> None:
 
     outcome = MllpSender("127.0.0.1", running.hl7_port, timeout=30).send(message)
     assert outcome.delivered, outcome.response
-    files = wait_for(
-        lambda: running.pacs.files() if len(running.pacs.files()) >= 1 else None, 120, "SR in storescp"
-    )
-    sr = next(
-        o for o in (pydicom.dcmread(f) for f in files) if o.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
-    )
+    sr = wait_for(lambda: _received(running, SR_CLASS), 120, "SR in storescp")[SR_CLASS]
     assert sr.PatientID == "MRN-E2E"
     wait_for(lambda: running.ehr.messages, 60, "ORU at the MLLP sink")
     _check_oru(running.ehr.messages[0], "MRN-E2E")
