@@ -264,7 +264,7 @@ class DicomScp:
                 )
                 self._last_pdu.pop(assoc, None)
                 with contextlib.suppress(Exception):
-                    assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+                    assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
 
     # -- handlers ----------------------------------------------------------------------------------------
     def _on_established(self, event: Any) -> None:
