@@ -23,13 +23,29 @@ def uid_hash(uid: str | bytes | None) -> str:
     return hashlib.sha256(uid).hexdigest()[:12]
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record (not the stream seen at set-up),
+    so that a replaced or closed stderr (test runners, daemonisation) never breaks logging."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Configure the root logger once (stderr, :data:`LOG_FORMAT`)."""
     root = logging.getLogger()
     if getattr(configure_logging, "_done", False):
         root.setLevel(level.upper())
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())

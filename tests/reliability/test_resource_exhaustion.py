@@ -152,14 +152,15 @@ def test_database_locked_gives_retryable_refusals_and_loses_nothing(
     ctx = _ctx(tmp_path / "var")
     hl7 = Hl7Server(ctx)
     hl7.start()
-    messages = oru_messages(12, tag="LCK")
+    messages = oru_messages(40, tag="LCK")  # enough that the sender is still busy when the lock is taken
     sender = MllpResender(hl7.address[1], messages, deadline_s=90)
     db_file = str(ctx.settings.effective_database_url).removeprefix("sqlite:///")
     lock = sqlite3.connect(db_file, timeout=5, isolation_level=None)
     try:
         sender.start()
-        wait_for(lambda: len(sender.acked) >= 3, 30, "first messages")
+        wait_for(lambda: len(sender.acked) >= 3, 30, "first messages", interval=0.002)
         lock.execute("BEGIN EXCLUSIVE")
+        assert len(sender.acked) < len(messages), "the sender finished before the lock: nothing was tested"
         time.sleep(3.0)
         acked_while_locked = len(sender.acked)
         time.sleep(1.0)
