@@ -246,3 +246,32 @@ def test_site_profile_settings_shape_the_sr_and_oru(tmp_path: Path) -> None:
     assert obr[25] == b"F"
     assert any(seg[0] == b"OBX" and seg[2] == b"ED" for seg in segments), "the PDF travels in an ED OBX"
     assert b"DEMONSTRATION MODEL" not in oru, "a non-demonstration model carries no demo disclaimer"
+
+
+def test_shadow_model_results_are_stored_and_never_sent(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        data_dir=str(tmp_path / "var"),
+        model={"shadow_checkpoint": str(tmp_path / "candidate.pt")},
+        destinations=[{"name": "ehr", "kind": "hl7", "port": 2576}],
+    )
+    upgrade(settings)
+    ctx = AppContext.from_settings(settings)
+    ctx.set_predictor(FakePredictor(fixed=FIXED))
+    ctx._shadow = FakePredictor(name="candidate", fixed={"rca": 0.9, "lm": 0.9, "lad": 0.9, "lcx": 0.9})
+    sender = FakeSender()
+    ctx.sender_factory = lambda dest: sender  # type: ignore[attr-defined]
+    ecg_id = _ingest_real(ctx)
+    _drain(ctx, _worker(ctx))
+    with ctx.db.session() as s:
+        results = s.execute(select(Result).where(Result.ecg_id == ecg_id).order_by(Result.id)).scalars().all()
+        assert [(r.shadow, r.model_name) for r in results] == [(False, "fake"), (True, "candidate")]
+        shadow = results[1]
+        assert shadow.p_rca == pytest.approx(0.9)
+        assert (
+            s.execute(
+                select(func.count()).select_from(Delivery).where(Delivery.result_id == shadow.id)
+            ).scalar_one()
+            == 0
+        )
+    assert len(sender.delivered) == 1, "only the active model's ORU is sent"
