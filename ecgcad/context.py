@@ -63,7 +63,7 @@ class AppContext:
         with self._predictor_lock:
             if self._predictor is None:
                 from ecgcad.model import default_predictor
-                from ecgcad.model.lifecycle import resolve_active_checkpoint
+                from ecgcad.pipeline.lifecycle import resolve_active_checkpoint
 
                 settings = self.settings
                 promoted = resolve_active_checkpoint(self.db)  # `ecgcad model promote` wins over [model]

@@ -385,7 +385,7 @@ def model_compare(
     from ecgcad.model.checkpoint import load_checkpoint
     from ecgcad.model.dataset import DatasetStore
     from ecgcad.model.evaluate_data import predict_store
-    from ecgcad.model.lifecycle import compare_probabilities
+    from ecgcad.pipeline.lifecycle import compare_probabilities
     from ecgcad.model.predictor import TorchPredictor
     from ecgcad.model.risk import RiskThresholds
 
@@ -416,7 +416,7 @@ def model_compare(
 def model_compare_shadow(config: ConfigOption = None) -> None:
     """Compare the active and the shadow model on the live ECGs both scored (stored results; no labels)."""
     from ecgcad.db.session import Database
-    from ecgcad.model.lifecycle import compare_probabilities, shadow_pairs
+    from ecgcad.pipeline.lifecycle import compare_probabilities, shadow_pairs
 
     settings = settings_or_fail(config)
     thresholds = settings.thresholds.as_dict()
@@ -438,7 +438,7 @@ def model_promote(
     config: ConfigOption = None,
 ) -> None:
     """Make CHECKPOINT the active model (audited; the service uses it from its next start)."""
-    from ecgcad.model.lifecycle import promote
+    from ecgcad.pipeline.lifecycle import promote
 
     db = _database(config)
     try:
@@ -456,7 +456,7 @@ def model_rollback(
     config: ConfigOption = None,
 ) -> None:
     """Make the previously active model active again (audited)."""
-    from ecgcad.model.lifecycle import rollback
+    from ecgcad.pipeline.lifecycle import rollback
 
     db = _database(config)
     try:
