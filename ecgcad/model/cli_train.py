@@ -385,9 +385,9 @@ def model_compare(
     from ecgcad.model.checkpoint import load_checkpoint
     from ecgcad.model.dataset import DatasetStore
     from ecgcad.model.evaluate_data import predict_store
-    from ecgcad.pipeline.lifecycle import compare_probabilities
     from ecgcad.model.predictor import TorchPredictor
     from ecgcad.model.risk import RiskThresholds
+    from ecgcad.pipeline.lifecycle import compare_probabilities
 
     settings = settings_or_fail(config)
     thresholds = RiskThresholds.from_settings(settings.thresholds)
