@@ -218,6 +218,10 @@ class DestinationSettings(_Section):
     max_attempts: int = Field(10, ge=1, description="Attempts before the delivery is failed (dead letter).")
     tls: bool = False
     enabled: bool = True
+    ordered_per_patient: bool = Field(
+        False,
+        description="Send a patient's results in the order they were made (a later one waits for earlier ones).",
+    )
 
     @model_validator(mode="after")
     def _defaults(self) -> DestinationSettings:

@@ -176,12 +176,67 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
     return outcome
 
 
+def waiting_for_earlier(ctx: Any, delivery_id: int) -> bool:
+    """For a destination with ``ordered_per_patient``: True (and the delivery re-queued shortly) while an
+    earlier delivery of the same patient to the same destination is still on its way."""
+    with ctx.db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None or delivery.state == "sent":
+            return False
+        try:
+            dest = ctx.settings.destination(delivery.destination)
+        except EcgcadError:
+            return False
+        if not dest.ordered_per_patient:
+            return False
+        ecg = session.execute(
+            select(EcgRecord)
+            .join(Result, Result.ecg_id == EcgRecord.id)
+            .where(Result.id == delivery.result_id)
+        ).scalar_one()
+        if not ecg.patient_id:
+            return False
+        earlier = session.execute(
+            select(Delivery.id)
+            .join(Result, Result.id == Delivery.result_id)
+            .join(EcgRecord, EcgRecord.id == Result.ecg_id)
+            .where(
+                Delivery.destination == delivery.destination,
+                Delivery.object_kind == delivery.object_kind,
+                Delivery.id < delivery.id,
+                Delivery.state.notin_(("sent", "failed")),
+                EcgRecord.patient_id == ecg.patient_id,
+                EcgRecord.issuer_of_patient_id.is_(None)
+                if ecg.issuer_of_patient_id is None
+                else EcgRecord.issuer_of_patient_id == ecg.issuer_of_patient_id,
+            )
+            .limit(1)
+        ).first()
+        if earlier is None:
+            return False
+        delivery.state = "waiting"
+        delivery.last_response = f"waiting for delivery {earlier[0]} of the same patient"
+        import time as _time
+
+        ctx.queue.defer(
+            session,
+            "deliver",
+            {"delivery_id": delivery.id},
+            dedupe_key=f"deliver:{delivery.id}:wait:{_time.time_ns()}",
+            run_after=utcnow() + dt.timedelta(seconds=1),
+            max_attempts=dest.max_attempts,
+        )
+        return True
+
+
 def make_deliver_handler(ctx: Any) -> Any:
     """The worker handler for ``deliver`` jobs."""
 
     def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException | None]:
         failures: dict[int, BaseException | None] = {}
         for job in jobs:
+            if waiting_for_earlier(ctx, int(job.payload["delivery_id"])):
+                continue  # re-queued behind the patient's earlier delivery; this job is done
             outcome = attempt_delivery(
                 ctx, int(job.payload["delivery_id"]), final_attempt=job.attempts >= job.max_attempts
             )

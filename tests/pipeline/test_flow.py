@@ -275,3 +275,40 @@ def test_shadow_model_results_are_stored_and_never_sent(tmp_path: Path) -> None:
             == 0
         )
     assert len(sender.delivered) == 1, "only the active model's ORU is sent"
+
+
+def test_ordered_destination_sends_a_patients_results_in_order(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        data_dir=str(tmp_path / "var"),
+        queue={"backoff_base_s": 0.05, "backoff_max_s": 0.1},
+        destinations=[{"name": "ehr", "kind": "hl7", "port": 2576, "ordered_per_patient": True}],
+    )
+    upgrade(settings)
+    ctx = AppContext.from_settings(settings)
+    ctx.set_predictor(FakePredictor(fixed=FIXED))
+    # the first ORU is refused once: without ordering the second ECG's ORU would overtake it
+    sender = FakeSender([SendOutcome.retry("connection refused")])
+    ctx.sender_factory = lambda dest: sender  # type: ignore[attr-defined]
+    import pydicom.uid
+
+    data = REAL_ECG.read_bytes()
+    first = decode(data)
+    ctx.ingestor.ingest_dicom(
+        data, sop_class_uid=None, sop_instance_uid=first.identifiers.sop_instance_uid, ecg=first
+    )
+    ds = pydicom.dcmread(REAL_ECG)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    from io import BytesIO
+
+    buf = BytesIO()
+    ds.save_as(buf)
+    second = decode(buf.getvalue())
+    ctx.ingestor.ingest_dicom(
+        buf.getvalue(), sop_class_uid=None, sop_instance_uid=ds.SOPInstanceUID, ecg=second
+    )
+    _drain(ctx, _worker(ctx))
+    delivered = [m.split(b"\r", 1)[0].split(b"|")[9] for m in sender.delivered]
+    assert [c[:2] for c in delivered] == [b"E1", b"E2"], delivered
+    with ctx.db.session() as s:
+        assert {d.state for d in s.execute(select(Delivery)).scalars()} == {"sent"}
