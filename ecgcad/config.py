@@ -125,6 +125,22 @@ class ReportSettings(_Section):
     )
 
 
+class AuditSyslogSettings(_Section):
+    """Forwarding of audit events to an ATNA audit repository (syslog RFC 5424 over TLS, RFC 5425)."""
+
+    enabled: bool = Field(False, description="Forward every audit event.")
+    host: str = Field("127.0.0.1", description="Audit repository host.")
+    port: int = Field(6514, ge=1, le=65535, description="Audit repository port (6514 = syslog over TLS).")
+    tls: bool = Field(True, description="TLS (RFC 5425); false = plain TCP (RFC 6587 octet counting).")
+    ca_certificates: str = Field("", description="PEM CAs that sign the repository's certificate.")
+    certificate: str = Field(
+        "", description="Our client certificate (PEM), when the repository asks for one."
+    )
+    private_key: str = Field("", description="Our client key (PEM).")
+    app_name: str = Field("ecgcad", description="Syslog APP-NAME and AuditSourceID.")
+    interval_s: float = Field(2.0, gt=0, description="How often new events are forwarded, seconds.")
+
+
 class ApiSettings(_Section):
     """The admin / results API and dashboard."""
 
@@ -307,6 +323,7 @@ class Settings(BaseSettings):
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
+    audit_syslog: AuditSyslogSettings = Field(default_factory=AuditSyslogSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
     gate: GateSettings = Field(default_factory=GateSettings)

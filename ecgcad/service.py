@@ -102,6 +102,10 @@ class Service:
             from ecgcad.jobs.schedule import build_scheduler
 
             self._start("scheduler", build_scheduler(ctx), "APScheduler")
+        if "scheduler" in self.roles and self.settings.audit_syslog.enabled:
+            from ecgcad.db.audit_syslog import AuditSyslogForwarder
+
+            self._start("audit-syslog", AuditSyslogForwarder(ctx))
         if "listeners" in self.roles:
             for name, module, cls in (
                 ("dicom", "ecgcad.listeners.dicom_scp", "DicomScp"),
