@@ -255,6 +255,9 @@ class QueueSettings(_Section):
     delivery_workers: int = Field(
         2, ge=1, description="Threads sending results (network-bound, separate from scoring)."
     )
+    delivery_processes: int = Field(
+        1, ge=0, description="Delivery workers in their own processes (use another core); 0 = threads only."
+    )
     lease_s: float = Field(
         120.0, gt=0, description="A claimed job not finished within this is claimable again."
     )
@@ -382,6 +385,13 @@ class Settings(BaseSettings):
             if d.name == name:
                 return d
         raise ConfigurationError(f"no destination named {name!r}")
+
+    def transport_dict(self) -> dict[str, Any]:
+        """Settings as a JSON-able dict *with* secrets, to rebuild them in a spawned child process
+        (``load_settings(None, **d)``). Never print or log it."""
+        data = self.model_dump(mode="json")
+        data["database_url"] = self.database_url.get_secret_value()
+        return data
 
     def masked_dict(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked (for ``config show``)."""

@@ -91,7 +91,16 @@ class Service:
             register_handlers(ctx, worker, exclude={"deliver"})
             wakers = [worker.wake]
             self._start("worker", worker, f"kinds={','.join(worker.kinds)}")
-            for i in range(self.settings.queue.delivery_workers):
+            if self.settings.queue.delivery_processes > 0:
+                from ecgcad.pipeline.delivery_process import DeliveryProcess
+
+                for i in range(self.settings.queue.delivery_processes):
+                    proc = DeliveryProcess(ctx, i)
+                    wakers.append(proc.wake)
+                    self._start(f"delivery-process-{i}", proc, "kinds=deliver (own process)")
+            for i in range(
+                0 if self.settings.queue.delivery_processes > 0 else self.settings.queue.delivery_workers
+            ):
                 sender = Worker(ctx.queue, worker_id=f"{worker.worker_id}:deliver{i}", idle_sleep_s=0.25)
                 register_handlers(ctx, sender, only={"deliver"})
                 wakers.append(sender.wake)

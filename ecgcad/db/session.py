@@ -45,7 +45,12 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the lock at BEGIN; read-only sessions (``Database.read_session``) use a deferred
+        # BEGIN, so a long read (building a report) never blocks the listeners' commits.
+        if conn.get_execution_options().get("ecgcad_readonly"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -70,6 +75,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessionmaker = sessionmaker(
+            self.engine.execution_options(ecgcad_readonly=True), expire_on_commit=False
+        )
 
     @property
     def dialect(self) -> str:
@@ -90,6 +98,21 @@ class Database:
                     yield session
             except StorageError:
                 raise
+            except Exception as exc:
+                from sqlalchemy.exc import OperationalError
+
+                if isinstance(exc, OperationalError):
+                    raise StorageError(f"database error: {exc.orig}") from exc
+                raise
+
+    @contextlib.contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reading only: on SQLite it does not take the write lock (its writes would fail
+        with "database is locked" once a writer holds it, so do not write in it)."""
+        with self._read_sessionmaker() as session:
+            try:
+                with session.begin():
+                    yield session
             except Exception as exc:
                 from sqlalchemy.exc import OperationalError
 

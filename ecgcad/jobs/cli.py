@@ -138,7 +138,7 @@ def worker(
 
         mpctx = mp.get_context("spawn")  # CUDA initialises cleanly only in spawned processes
         procs = [
-            mpctx.Process(target=_run_worker_process, args=(settings.model_dump(mode="json"),))
+            mpctx.Process(target=_run_worker_process, args=(settings.transport_dict(),))
             for _ in range(concurrency)
         ]
         for p in procs:

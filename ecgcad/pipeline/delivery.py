@@ -105,16 +105,27 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
             delivery.state = "failed"
             delivery.last_response = f"destination {delivery.destination!r} is no longer configured"
             return SendOutcome.permanent(delivery.last_response)
-        result = session.get(Result, delivery.result_id)
-        assert result is not None
         delivery.attempts += 1
         delivery.state = "sending"
-        try:
+    # Building (SR, PDF with explanations, ORU) can take seconds: it reads in a session that does not hold
+    # the database's write lock, so the listeners keep committing meanwhile.
+    try:
+        with ctx.db.read_session() as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            result = session.get(Result, delivery.result_id)
+            assert result is not None
             payload, object_uid = build_payload(ctx, session, delivery, result, dest)
-        except (BuildError, EcgcadError) as exc:
+    except (BuildError, EcgcadError) as exc:
+        with ctx.db.session() as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
             delivery.state = "failed"
             delivery.last_response = f"could not build {delivery.object_kind}: {exc}"[:2000]
             return SendOutcome.permanent(delivery.last_response)
+    with ctx.db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery is not None
         delivery.object_uid = object_uid
     # The network call happens outside any transaction: the database is never held while a peer is slow.
     outcome = make_sender(ctx, dest).send(payload)
@@ -260,7 +271,7 @@ def make_rescore_handler(ctx: Any) -> Any:
         predictor = ctx.get_predictor()
         for job in jobs:
             ecg_id = int(job.payload["ecg_id"])
-            with ctx.db.session() as session:
+            with ctx.db.read_session() as session:
                 ecg = session.get(EcgRecord, ecg_id)
                 if ecg is None:
                     continue

@@ -84,11 +84,14 @@ def _explanations(
             from ecgcad.model.explain import explain
 
             expl = explain(predictor, np.nan_to_num(signal), steps=ctx.settings.reports.explanation_steps)
-            result.explanations = expl
-            session.flush()
         except EcgcadError as exc:
             logger.warning("explanations unavailable for result %s: %s", result.id, exc)
             return None
+        # Cached on the result in a short write of its own: the caller's session may be read-only.
+        from sqlalchemy import update
+
+        with ctx.db.session() as write:
+            write.execute(update(Result).where(Result.id == result.id).values(explanations=expl))
     return {
         v: [{k: w[k] for k in ("lead", "start", "end")} for w in expl["vessels"][v]["top_windows"]]
         for v in VESSELS

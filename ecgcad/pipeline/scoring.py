@@ -270,7 +270,7 @@ def make_score_handler(ctx: Any) -> Any:
 
         failures: dict[int, BaseException | None] = {}
         preps: list[_Prepared] = []
-        with ctx.db.session() as session:
+        with ctx.db.read_session() as session:
             for job in jobs:
                 ecg = session.get(EcgRecord, int(job.payload["ecg_id"]))
                 if ecg is None:

@@ -49,3 +49,23 @@ def test_audit_table_refuses_update_and_delete(db: Database) -> None:
             s.execute(text("DELETE FROM audit_events"))
     with db.session() as s:
         assert s.query(AuditEvent).count() == 1
+
+
+def test_a_long_read_session_does_not_block_writers(sqlite_db: Database) -> None:
+    import threading
+
+    from ecgcad.db import audit
+
+    done = threading.Event()
+
+    def write() -> None:
+        with sqlite_db.session() as s:
+            audit.record(s, "application.start")
+        done.set()
+
+    with sqlite_db.read_session() as reader:
+        reader.execute(text("SELECT count(*) FROM audit_events")).scalar()
+        t = threading.Thread(target=write)
+        t.start()
+        assert done.wait(5), "a writer waited for a reader"
+    t.join(5)
