@@ -129,7 +129,7 @@ def test_config_show_masks_secrets_and_bad_config_is_one_line(tmp_path: Path) ->
     result = CliRunner().invoke(app, ["config", "show", "--config", str(f)])
     assert result.exit_code == 0, result.output
     assert "s3cretpw" not in result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["database_url"] == "postgresql+psycopg://ecg:***@db:5432/ecgcad"
     f.write_text("[dicom]\nprot = 1\n")
     result = CliRunner().invoke(app, ["config", "show", "--config", str(f)])

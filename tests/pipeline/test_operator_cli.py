@@ -77,7 +77,7 @@ def test_deliveries_list_and_resend_and_rescore_commands(tmp_path: Path) -> None
         data, sop_class_uid=None, sop_instance_uid=ecg.identifiers.sop_instance_uid, ecg=ecg
     )
     result = runner.invoke(app, ["deliveries", "list", "--json", "--config", str(cfg)])
-    assert result.exit_code == 0 and result.output.strip() == ""
+    assert result.exit_code == 0 and result.stdout.strip() == ""
     result = runner.invoke(app, ["rescore", str(r.ecg_id), "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     assert "result version 1" in result.output
@@ -86,7 +86,7 @@ def test_deliveries_list_and_resend_and_rescore_commands(tmp_path: Path) -> None
     result = runner.invoke(app, ["deliveries", "resend", "4242", "--config", str(cfg)])
     assert result.exit_code != 0 and "no delivery 4242" in result.output
     assert (
-        json.loads(runner.invoke(app, ["config", "show", "--config", str(cfg)]).output)["destinations"][0][
+        json.loads(runner.invoke(app, ["config", "show", "--config", str(cfg)]).stdout)["destinations"][0][
             "name"
         ]
         == "pacs"

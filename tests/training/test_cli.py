@@ -16,7 +16,7 @@ runner = CliRunner()
 def _ok(args: list[str]) -> str:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def test_training_commands_end_to_end(tmp_path: Path) -> None:
