@@ -256,7 +256,7 @@ class QueueSettings(_Section):
         2, ge=1, description="Threads sending results (network-bound, separate from scoring)."
     )
     delivery_processes: int = Field(
-        1, ge=0, description="Delivery workers in their own processes (use another core); 0 = threads only."
+        0, ge=0, description="Delivery workers in their own processes (use another core); 0 = threads only."
     )
     lease_s: float = Field(
         120.0, gt=0, description="A claimed job not finished within this is claimable again."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock: Any = (
+            threading.RLock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
         self._read_sessionmaker = sessionmaker(
             self.engine.execution_options(ecgcad_readonly=True), expire_on_commit=False
         )
@@ -91,8 +95,13 @@ class Database:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        with self._sessionmaker() as session:
+        """A session in one transaction: committed on success, rolled back on error.
+
+        On SQLite, writers of this process queue on an in-process lock before ``BEGIN IMMEDIATE``: SQLite's
+        own busy handler makes a waiting connection sleep in growing steps (up to 100 ms), which costs far
+        more than the wait itself when several threads write at once.
+        """
+        with self._write_lock, self._sessionmaker() as session:
             try:
                 with session.begin():
                     yield session

@@ -24,7 +24,7 @@ THRESHOLDS = {"rca": 0.15, "lm": 0.01, "lad": 0.15, "lcx": 0.15}
 
 
 class Running:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, delivery_processes: int = 0) -> None:
         self.pacs = StoreScp(tmp / "pacs")
         self.ehr = MllpSink()
         self.dicom_port, self.hl7_port, self.api_port = free_port(), free_port(), free_port()
@@ -40,6 +40,8 @@ port = {self.hl7_port}
 port = {self.api_port}
 [model]
 max_wait_ms = 5
+[queue]
+delivery_processes = {delivery_processes}
 [[destinations]]
 name = "pacs"
 kind = "dicom"
@@ -86,10 +88,10 @@ port = {self.ehr.port}
         self.log.close()
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
+@pytest.fixture(params=[0, 1], ids=["delivery-threads", "delivery-process"])
+def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
     require("storescu")
-    r = Running(tmp_path)
+    r = Running(tmp_path, delivery_processes=request.param)
     try:
         yield r
     finally:
