@@ -265,7 +265,7 @@ def make_deliver_handler(ctx: Any) -> Any:
 
 def make_rescore_handler(ctx: Any) -> Any:
     """The worker handler for ``rescore`` jobs: a new result version of the same ECG and model."""
-    from ecgcad.pipeline.scoring import _jsonable, create_deliveries, ensure_model_version, prepare
+    from ecgcad.pipeline.scoring import create_deliveries, ensure_model_version, new_result, prepare
 
     def handle(jobs: list[ClaimedJob]) -> None:
         predictor = ctx.get_predictor()
@@ -301,23 +301,7 @@ def make_rescore_handler(ctx: Any) -> Any:
                     and last.result_version >= int(job.payload["target_version"])
                 ):
                     continue  # this rescore already ran (job re-run after a crash)
-                result = Result(
-                    ecg_id=ecg_id,
-                    model_version_id=mv.id,
-                    result_version=version,
-                    scorable=prediction is not None,
-                    model_name=predictor.model_name,
-                    model_version=predictor.model_version,
-                    checkpoint_sha256=predictor.checkpoint_sha256,
-                    demonstration=bool(predictor.demonstration),
-                    preprocessing=_jsonable(getattr(predictor, "recipe", None)),
-                    thresholds=_thresholds(ctx, predictor),
-                    window=prep.window,
-                )
-                if prediction is None:
-                    result.reason_code, result.reason_text = prep.reason or ("not_evaluated", "not evaluated")
-                else:
-                    _apply_prediction(result, prediction)
+                result = new_result(ctx, ecg_id, mv.id, version, predictor, prep, prediction)
                 session.add(result)
                 session.flush()
                 if last is not None:

@@ -147,6 +147,41 @@ def create_deliveries(ctx: Any, session: Session, result: Result) -> list[int]:
     return created
 
 
+def new_result(
+    ctx: Any,
+    ecg_id: int,
+    model_version_id: int,
+    result_version: int,
+    predictor: Any,
+    prep: _Prepared,
+    prediction: Any | None,
+    *,
+    shadow: bool = False,
+) -> Result:
+    """A Result row for one scoring (``prediction``) or a not-evaluated verdict (``prep.reason``)."""
+    from ecgcad.pipeline.delivery import _apply_prediction, _thresholds
+
+    result = Result(
+        ecg_id=ecg_id,
+        model_version_id=model_version_id,
+        result_version=result_version,
+        shadow=shadow,
+        scorable=prediction is not None,
+        model_name=predictor.model_name,
+        model_version=predictor.model_version,
+        checkpoint_sha256=predictor.checkpoint_sha256,
+        demonstration=bool(predictor.demonstration),
+        preprocessing=_jsonable(getattr(predictor, "recipe", None)),
+        thresholds=_thresholds(ctx, predictor),
+        window=prep.window,
+    )
+    if prediction is None:
+        result.reason_code, result.reason_text = prep.reason or ("not_evaluated", "not evaluated")
+    else:
+        _apply_prediction(result, prediction)
+    return result
+
+
 def _store_result(
     ctx: Any,
     session: Session,
@@ -173,27 +208,7 @@ def _store_result(
         if not shadow:
             create_deliveries(ctx, session, existing)
         return existing
-    from ecgcad.pipeline.delivery import _apply_prediction, _thresholds
-
-    result = Result(
-        ecg_id=ecg.id,
-        model_version_id=mv.id,
-        result_version=1,
-        shadow=shadow,
-        scorable=prediction is not None,
-        model_name=predictor.model_name,
-        model_version=predictor.model_version,
-        checkpoint_sha256=predictor.checkpoint_sha256,
-        demonstration=bool(predictor.demonstration),
-        preprocessing=_jsonable(getattr(predictor, "recipe", None)),
-        thresholds=_thresholds(ctx, predictor),
-        window=prep.window,
-    )
-    if prediction is None:
-        assert prep.reason is not None
-        result.reason_code, result.reason_text = prep.reason
-    else:
-        _apply_prediction(result, prediction)
+    result = new_result(ctx, ecg.id, mv.id, 1, predictor, prep, prediction, shadow=shadow)
     session.add(result)
     session.flush()
     if not shadow:
