@@ -145,3 +145,16 @@ def test_version_and_migrate_commands(tmp_path: Path) -> None:
     result = runner.invoke(app, ["migrate", "--config", str(f)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "var" / "ecgcad.db").exists()
+
+
+def test_transport_dict_rebuilds_the_same_settings_in_a_child_process(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        database_url="postgresql+psycopg://ecg:s3cretpw@db:5432/ecgcad",
+        dicom={"port": 1234},
+        destinations=[{"name": "pacs", "kind": "dicom", "port": 104, "ae_title": "PACS"}],
+    )
+    rebuilt = load_settings(None, **settings.transport_dict())
+    assert rebuilt.effective_database_url == "postgresql+psycopg://ecg:s3cretpw@db:5432/ecgcad"
+    assert rebuilt.dicom.port == 1234 and rebuilt.destinations[0].ae_title == "PACS"
+    assert "s3cretpw" not in json.dumps(settings.masked_dict())
