@@ -19,10 +19,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from ecgcad import __version__
-from ecgcad.api import actions, queries
+from ecgcad.api import queries
 from ecgcad.api.auth import ADMIN, COOKIE_NAME, EVERYONE, OPERATORS, Principal, authenticate
 from ecgcad.api.deps import client_address, require_page
-from ecgcad.api.v1 import outcome_of, run_action
+from ecgcad.api.v1 import outcome_of, rescore_action, resend_action
 from ecgcad.db import audit
 from ecgcad.db.models import SourceObject
 from ecgcad.errors import EcgcadError
@@ -255,16 +255,7 @@ def rescore(
         ecg = queries.get_ecg(s, ecg_id)
     if ecg is None:
         return _redirect("/ecgs", f"No ECG {ecg_id}.")
-    status, body = run_action(
-        request,
-        principal,
-        "rescore",
-        ecg,
-        {"ecg_id": ecg_id},
-        lambda: actions.rescore_ecg(
-            ctx, ecg_id, user=principal.user, role=principal.role, address=principal.address
-        ),
-    )
+    status, body = rescore_action(request, principal, ecg)
     text = "Rescore queued." if status == 200 else f"Rescore failed: {body.get('detail')}"
     return _redirect(f"/ecgs/{ecg_id}", text)
 
@@ -325,20 +316,7 @@ def resend(
     if found is None:
         return _redirect(back, f"No delivery {delivery_id}.")
     delivery, ecg = found
-    status, body = run_action(
-        request,
-        principal,
-        "resend",
-        ecg,
-        {
-            "delivery_id": delivery_id,
-            "destination": delivery.destination,
-            "object_kind": delivery.object_kind,
-        },
-        lambda: actions.resend_delivery(
-            ctx, delivery_id, user=principal.user, role=principal.role, address=principal.address
-        ),
-    )
+    status, body = resend_action(request, principal, delivery, ecg)
     if status == 200:
         text = f"Delivery {delivery_id} to {delivery.destination}: resend {body.get('state', 'requested')}."
     else:

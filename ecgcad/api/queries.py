@@ -84,24 +84,6 @@ def audit_access(
 
 # -- serialisers --------------------------------------------------------------------------------------------
 
-_IDENTIFIERS = (
-    "patient_id",
-    "issuer_of_patient_id",
-    "patient_name",
-    "patient_birth_date",
-    "patient_sex",
-    "patient_age",
-    "accession_number",
-    "issuer_of_accession_number",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_instance_uid",
-    "sop_class_uid",
-    "placer_order_number",
-    "filler_order_number",
-    "device",
-)
-
 
 def result_dict(result: Result) -> dict[str, Any]:
     """A result: probabilities, flags, risk bands, thresholds and the model that produced it."""
@@ -145,7 +127,7 @@ def delivery_dict(delivery: Delivery) -> dict[str, Any]:
 def ecg_item(ecg: EcgRecord, result: Result | None, deliveries: list[Delivery]) -> dict[str, Any]:
     """One ECG as listed: identifiers, state, current result and its delivery states."""
     item: dict[str, Any] = {"id": ecg.id}
-    for name in _IDENTIFIERS:
+    for name in EcgRecord.IDENTIFIER_COLUMNS:
         item[name] = getattr(ecg, name)
     item.update(
         {

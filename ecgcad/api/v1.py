@@ -193,35 +193,59 @@ def run_action(
     return status, body
 
 
+def audit_missing(request: Request, principal: Principal, event: str, detail: dict[str, Any]) -> None:
+    """Audit a call that named something that does not exist (outcome 4)."""
+    with _ctx(request).db.session() as s:
+        queries.audit_access(s, principal, event, _what(request), outcome=4, detail=detail)
+
+
+def rescore_action(request: Request, principal: Principal, ecg: Any) -> tuple[int, dict[str, Any]]:
+    """Queue a rescore of ``ecg`` for ``principal`` (audited); shared by the API and the dashboard."""
+    ctx = _ctx(request)
+    return run_action(
+        request,
+        principal,
+        "rescore",
+        ecg,
+        {"ecg_id": ecg.id},
+        lambda: actions.rescore_ecg(
+            ctx, ecg.id, user=principal.user, role=principal.role, address=principal.address
+        ),
+    )
+
+
+def resend_action(
+    request: Request, principal: Principal, delivery: Any, ecg: Any
+) -> tuple[int, dict[str, Any]]:
+    """Queue a resend of ``delivery`` for ``principal`` (audited); shared by the API and the dashboard."""
+    ctx = _ctx(request)
+    return run_action(
+        request,
+        principal,
+        "resend",
+        ecg,
+        {
+            "delivery_id": delivery.id,
+            "destination": delivery.destination,
+            "object_kind": delivery.object_kind,
+        },
+        lambda: actions.resend_delivery(
+            ctx, delivery.id, user=principal.user, role=principal.role, address=principal.address
+        ),
+    )
+
+
 @router.post("/ecgs/{ecg_id}/rescore", tags=["actions"])
 def rescore(
     request: Request, ecg_id: int, principal: Principal = Depends(require(OPERATORS))
 ) -> JSONResponse:
     """Score the ECG again with the active model (a new result version; deliveries follow)."""
-    ctx = _ctx(request)
-    with ctx.db.session() as s:
+    with _ctx(request).db.session() as s:
         ecg = queries.get_ecg(s, ecg_id)
     if ecg is None:
-        with ctx.db.session() as s:
-            queries.audit_access(
-                s,
-                principal,
-                "api.action",
-                _what(request),
-                outcome=4,
-                detail={"action": "rescore", "ecg_id": ecg_id},
-            )
+        audit_missing(request, principal, "api.action", {"action": "rescore", "ecg_id": ecg_id})
         raise HTTPException(404, f"no ECG {ecg_id}")
-    status, body = run_action(
-        request,
-        principal,
-        "rescore",
-        ecg,
-        {"ecg_id": ecg_id},
-        lambda: actions.rescore_ecg(
-            ctx, ecg_id, user=principal.user, role=principal.role, address=principal.address
-        ),
-    )
+    status, body = rescore_action(request, principal, ecg)
     return JSONResponse(body, status_code=status)
 
 
@@ -259,35 +283,12 @@ def resend(
     request: Request, delivery_id: int, principal: Principal = Depends(require(OPERATORS))
 ) -> JSONResponse:
     """Send the delivery's object to its destination again."""
-    ctx = _ctx(request)
-    with ctx.db.session() as s:
+    with _ctx(request).db.session() as s:
         found = queries.get_delivery(s, delivery_id)
     if found is None:
-        with ctx.db.session() as s:
-            queries.audit_access(
-                s,
-                principal,
-                "api.action",
-                _what(request),
-                outcome=4,
-                detail={"action": "resend", "delivery_id": delivery_id},
-            )
+        audit_missing(request, principal, "api.action", {"action": "resend", "delivery_id": delivery_id})
         raise HTTPException(404, f"no delivery {delivery_id}")
-    delivery, ecg = found
-    status, body = run_action(
-        request,
-        principal,
-        "resend",
-        ecg,
-        {
-            "delivery_id": delivery_id,
-            "destination": delivery.destination,
-            "object_kind": delivery.object_kind,
-        },
-        lambda: actions.resend_delivery(
-            ctx, delivery_id, user=principal.user, role=principal.role, address=principal.address
-        ),
-    )
+    status, body = resend_action(request, principal, *found)
     return JSONResponse(body, status_code=status)
 
 

@@ -10,7 +10,7 @@ hash-chained), ``api_tokens`` and ``kv_state`` (scheduler and backfill markers).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -155,6 +155,26 @@ class EcgRecord(Base):
 
     source_object: Mapped[SourceObject] = relationship()
     results: Mapped[list[Result]] = relationship(back_populates="ecg", order_by="Result.id")
+
+    #: Columns copied unchanged from the source object's identifiers (``EcgIdentifiers`` field names).
+    IDENTIFIER_COLUMNS: ClassVar[tuple[str, ...]] = (
+        "patient_id",
+        "issuer_of_patient_id",
+        "patient_name",
+        "patient_birth_date",
+        "patient_sex",
+        "patient_age",
+        "accession_number",
+        "issuer_of_accession_number",
+        "study_instance_uid",
+        "series_instance_uid",
+        "sop_instance_uid",
+        "sop_class_uid",
+        "placer_order_number",
+        "filler_order_number",
+        "acquisition_datetime",
+        "device",
+    )
 
 
 class Job(Base):

@@ -45,28 +45,8 @@ class IngestResult:
     new_version: bool = False
 
 
-_IDENTIFIER_COLUMNS = (
-    "patient_id",
-    "issuer_of_patient_id",
-    "patient_name",
-    "patient_birth_date",
-    "patient_sex",
-    "patient_age",
-    "accession_number",
-    "issuer_of_accession_number",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_instance_uid",
-    "sop_class_uid",
-    "placer_order_number",
-    "filler_order_number",
-    "acquisition_datetime",
-    "device",
-)
-
-
 def _copy_identifiers(row: EcgRecord, ids: EcgIdentifiers) -> None:
-    for name in _IDENTIFIER_COLUMNS:
+    for name in EcgRecord.IDENTIFIER_COLUMNS:
         value = getattr(ids, name, None)
         length = getattr(EcgRecord.__table__.c[name].type, "length", None)
         if isinstance(value, str) and length:
