@@ -69,7 +69,6 @@ class Service:
         self.settings = settings
         self.roles = roles
         self.ctx = ctx
-        self._stopped = threading.Event()
         self._started: list[tuple[str, Any]] = []
         self._stop_requested = threading.Event()
 
@@ -162,7 +161,6 @@ class Service:
             except Exception:  # noqa: BLE001
                 logger.warning("could not audit application stop")
             self.ctx.close()
-        self._stopped.set()
 
     def request_stop(self, *_: object) -> None:
         """Signal handler: ask :meth:`run_forever` to stop."""

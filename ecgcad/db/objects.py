@@ -6,6 +6,7 @@ object is durable before the database row that points at it is committed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -71,7 +72,7 @@ class ObjectStore:
                         os.fsync(fh.fileno())
                 os.replace(tmp, path)
             except BaseException:
-                with _suppress():
+                with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
             if do_fsync:
@@ -128,11 +129,3 @@ def _load_libc() -> object | None:
 
 
 _LIBC: Any = _load_libc()
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True

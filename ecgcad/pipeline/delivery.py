@@ -123,15 +123,12 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
             delivery.state = "failed"
             delivery.last_response = f"could not build {delivery.object_kind}: {exc}"[:2000]
             return SendOutcome.permanent(delivery.last_response)
-    with ctx.db.session() as session:
-        delivery = session.get(Delivery, delivery_id)
-        assert delivery is not None
-        delivery.object_uid = object_uid
     # The network call happens outside any transaction: the database is never held while a peer is slow.
     outcome = make_sender(ctx, dest).send(payload)
     with ctx.db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
+        delivery.object_uid = object_uid
         result = session.get(Result, delivery.result_id)
         ecg = session.get(EcgRecord, result.ecg_id) if result is not None else None
         delivery.last_response = outcome.response[:2000]
