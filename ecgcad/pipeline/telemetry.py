@@ -73,12 +73,9 @@ class Telemetry:
         """Prometheus lines."""
         with self._lock:
             out = self.inference_latency.render() + self.batch_size.render()
-            for name, hist in self.ack_latency.items():
-                out += (
-                    hist.render(f'listener="{name}"')[1:]
-                    if out and "ecgcad_ack_seconds histogram" in "".join(out)
-                    else hist.render(f'listener="{name}"')
-                )
+            for i, (name, hist) in enumerate(self.ack_latency.items()):
+                lines = hist.render(f'listener="{name}"')
+                out += lines if i == 0 else lines[1:]  # one TYPE line for all listeners
             out.append("# TYPE ecgcad_delivery_attempts_total counter")
             for (dest, outcome), n in sorted(self.delivery_outcomes.items()):
                 out.append(f'ecgcad_delivery_attempts_total{{destination="{dest}",outcome="{outcome}"}} {n}')
