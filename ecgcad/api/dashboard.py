@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import undefer
 
 from ecgcad import __version__
 from ecgcad.api import queries
@@ -220,7 +221,11 @@ def tracing(
     ctx = _ctx(request)
     with ctx.db.session() as s:
         ecg = queries.get_ecg(s, ecg_id)
-        source = s.get(SourceObject, ecg.source_object_id) if ecg is not None else None
+        source = (
+            s.get(SourceObject, ecg.source_object_id, options=[undefer(SourceObject.content)])
+            if ecg is not None
+            else None
+        )
     status, data = 200, b""
     if ecg is None or source is None:
         status = 404

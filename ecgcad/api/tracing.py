@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 from ecgcad.db.models import EcgRecord, SourceObject
+from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, StorageError
 
 
@@ -24,7 +25,7 @@ def tracing_png(ctx: Any, ecg: EcgRecord, source: SourceObject) -> bytes:
     except ModuleNotFoundError as exc:
         raise DecodeError("no ECG readers installed") from exc
     try:
-        data = ctx.store.get(source.sha256)
+        data = source_bytes(ctx.store, source)
     except (OSError, KeyError) as exc:
         raise StorageError(f"source object of ECG {ecg.id} is missing") from exc
     decoded = decode(data)

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import event as sa_event
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from ecgcad.db.models import AuditEvent, utcnow
@@ -77,10 +78,10 @@ _HASHED_FIELDS = (
 )
 
 
-def _canonical(event: AuditEvent) -> bytes:
+def _canonical(event: AuditEvent | dict[str, Any]) -> bytes:
     data: dict[str, Any] = {}
     for name in _HASHED_FIELDS:
-        value = getattr(event, name)
+        value = event.get(name) if isinstance(event, dict) else getattr(event, name)
         if isinstance(value, dt.datetime):
             if value.tzinfo is None:
                 value = value.replace(tzinfo=dt.UTC)
@@ -89,7 +90,7 @@ def _canonical(event: AuditEvent) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def event_hash(prev_hash: str, event: AuditEvent) -> str:
+def event_hash(prev_hash: str, event: AuditEvent | dict[str, Any]) -> str:
     """The chained hash of ``event`` after ``prev_hash``."""
     return hashlib.sha256(prev_hash.encode() + _canonical(event)).hexdigest()
 
@@ -121,36 +122,65 @@ def record(
         One of :data:`EVENT_CODES`.
     outcome:
         0 success, 4 minor failure, 8 serious failure, 12 major failure.
+
+    Returns
+    -------
+    AuditEvent
+        A copy of the stored row (with its id); it is not attached to ``session``.
     """
     code, action = EVENT_CODES.get(event_type, ("110100", "E"))
-    if session.get_bind().dialect.name == "postgresql":
-        # Serialise appends so that the chain is linear (SQLite serialises with BEGIN IMMEDIATE).
-        session.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-    prev = session.execute(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)).scalar()
-    now = utcnow()
-    event = AuditEvent(
-        event_id=code,
-        event_type=event_type,
-        action=action,
-        outcome=outcome,
-        occurred_at=now,
-        user=user,
-        role=role,
-        ae_title=ae_title,
-        address=address,
-        patient_id=patient_id,
-        issuer_of_patient_id=issuer_of_patient_id,
-        study_instance_uid=study_instance_uid,
-        sop_instance_uid=sop_instance_uid,
-        ecg_id=ecg_id,
-        query=query,
-        detail=detail,
-        prev_hash=prev or GENESIS,
-    )
-    event.hash = event_hash(event.prev_hash, event)
-    session.add(event)
-    session.flush()
-    return event
+    # Core statements on the session's connection: the same transaction, without the unit of work (an
+    # audit row is written with every object received, so this is on the listeners' hot path).
+    conn = session.connection()
+    # The chain's tail: read once per transaction under the chain's lock, then carried in ``session.info``
+    # (the lock is held to the end of the transaction; any rollback drops the carried value).
+    prev = session.info.get(_TAIL_KEY)
+    if prev is None:
+        if conn.dialect.name == "postgresql":
+            # Serialise appends so that the chain is linear (SQLite serialises with BEGIN IMMEDIATE).
+            conn.execute(_PG_CHAIN_LOCK)
+        prev = conn.execute(_LAST_HASH).scalar()
+    values: dict[str, Any] = {
+        "event_id": code,
+        "event_type": event_type,
+        "action": action,
+        "outcome": outcome,
+        "occurred_at": utcnow(),
+        "user": user,
+        "role": role,
+        "ae_title": ae_title,
+        "address": address,
+        "patient_id": patient_id,
+        "issuer_of_patient_id": issuer_of_patient_id,
+        "study_instance_uid": study_instance_uid,
+        "sop_instance_uid": sop_instance_uid,
+        "ecg_id": ecg_id,
+        "query": query,
+        "detail": detail,
+        "prev_hash": prev or GENESIS,
+    }
+    values["hash"] = event_hash(values["prev_hash"], values)
+    event_id = conn.execute(_INSERT, values).scalar_one()
+    session.info[_TAIL_KEY] = values["hash"]
+    return AuditEvent(id=event_id, **values)
+
+
+_TAIL_KEY = "ecgcad_audit_tail"
+
+
+@sa_event.listens_for(Session, "after_soft_rollback")
+def _forget_tail(session: Session, previous_transaction: Any) -> None:
+    session.info.pop(_TAIL_KEY, None)
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _forget_tail_after_commit(session: Session) -> None:
+    session.info.pop(_TAIL_KEY, None)
+
+
+_PG_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(4242001)")
+_LAST_HASH = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+_INSERT = insert(AuditEvent).returning(AuditEvent.id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,7 @@ class SourceObject(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
+    #: Path in the object store, or :data:`IN_DATABASE` when the bytes are in :attr:`content`.
     storage_path: Mapped[str] = mapped_column(String(512))
     kind: Mapped[str] = mapped_column(String(16))  # dicom | hl7 | file | pacs
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
@@ -93,6 +94,12 @@ class SourceObject(Base):
     peer_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column()
+    #: The bytes of a small object kept in the database (HL7 messages); not loaded unless asked for.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+
+
+#: :attr:`SourceObject.storage_path` of an object whose bytes are in :attr:`SourceObject.content`.
+IN_DATABASE = "db:source_objects.content"
 
 
 class Order(Base):
@@ -346,6 +353,7 @@ __all__ = [
     "Base",
     "Delivery",
     "EcgRecord",
+    "IN_DATABASE",
     "Job",
     "KvState",
     "LargeBinary",

@@ -55,10 +55,15 @@ class ObjectStore:
         With ``sync`` the object is on stable storage when this returns; without it the caller must call
         :meth:`sync` before relying on it (group commit: one flush for many objects).
         """
+        digest, path, _ = self.put_new(data, sync=sync)
+        return digest, path
+
+    def put_new(self, data: bytes, *, sync: bool = True) -> tuple[str, Path, bool]:
+        """As :meth:`put`, and whether this call created the object (False: it was already stored)."""
         digest = hashlib.sha256(data).hexdigest()
         path = self.path_for(digest)
         if path.exists() and path.stat().st_size == len(data):
-            return digest, path
+            return digest, path, False
         self.check_space(len(data))
         do_fsync = self.fsync and sync
         try:
@@ -83,7 +88,7 @@ class ObjectStore:
                     os.close(dfd)
         except OSError as exc:
             raise StorageError(f"cannot write object: {exc.strerror}") from exc
-        return digest, path
+        return digest, path, True
 
     def sync(self) -> None:
         """Flush every object written with ``sync=False`` (file data and directory entries) to stable storage.
@@ -92,7 +97,10 @@ class ObjectStore:
         """
         if not self.fsync:
             return
-        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fd = os.open(self.root, os.O_RDONLY)
+        except OSError as exc:
+            raise StorageError(f"cannot flush the object store: {exc.strerror}") from exc
         try:
             if _LIBC is not None and _LIBC.syncfs(fd) == 0:
                 return
@@ -114,6 +122,25 @@ class ObjectStore:
             return True
         except FileNotFoundError:
             return False
+
+
+def source_bytes(store: ObjectStore, source: Any) -> bytes:
+    """The bytes of a :class:`~ecgcad.db.models.SourceObject`: from the database when it holds them
+    (HL7 messages), else from ``store``.
+
+    Raises
+    ------
+    StorageError
+        The object is gone (retention) or unreadable.
+    """
+    from ecgcad.db.models import IN_DATABASE
+
+    if source.storage_path == IN_DATABASE:
+        content = source.content
+        if content is None:
+            raise StorageError(f"object {source.sha256[:12]} has been deleted")
+        return bytes(content)
+    return store.get(source.sha256)
 
 
 def _load_libc() -> object | None:

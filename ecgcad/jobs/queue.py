@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import random
 from collections.abc import Sequence
@@ -115,6 +116,18 @@ class JobQueue(Protocol):
         ...
 
 
+@functools.cache
+def _defer_statement(dialect: str, dedupe: bool) -> Any:
+    """The INSERT of :meth:`SqlJobQueue.defer` (values as parameters, so it is compiled once)."""
+    if not dedupe:
+        return insert(Job).returning(Job.id)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    return dialect_insert(Job).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Job.id)
+
+
 class SqlJobQueue:
     """The embedded engine: jobs in the ``jobs`` table (SQLite; also runs on PostgreSQL).
 
@@ -170,20 +183,9 @@ class SqlJobQueue:
             "created_at": now,
             "updated_at": now,
         }
-        dialect = session.get_bind().dialect.name
-        if dedupe_key is None:
-            return int(session.execute(insert(Job).values(**values).returning(Job.id)).scalar_one())
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-        stmt = (
-            dialect_insert(Job)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(Job.id)
-        )
-        job_id = session.execute(stmt).scalar()
+        # Core on the session's connection: same transaction, no unit-of-work overhead (hot path of ingest).
+        conn = session.connection()
+        job_id = conn.execute(_defer_statement(conn.dialect.name, dedupe_key is not None), values).scalar()
         return int(job_id) if job_id is not None else None
 
     # -- claim -------------------------------------------------------------------------------------------

@@ -333,6 +333,8 @@ class DicomScp:
         calling_ae = assoc.requestor.ae_title.strip()[:16]
         peer = assoc.requestor.address
         data = event.encoded_dataset(include_meta=True)
+        # Hashing, writing and flushing the object run in the background while the dataset is decoded.
+        staged = self.ctx.ingestor.stage(data)
         ecg = None
         decode_error: str | None = None
         try:
@@ -340,6 +342,7 @@ class DicomScp:
         except DecodeError as exc:
             if not _readable(data):
                 logger.warning("unreadable dataset uid#%s from %s", uid_hash(sop_instance_uid), calling_ae)
+                staged.discard()
                 return _status(STATUS_CANNOT_UNDERSTAND, "dataset cannot be parsed")
             decode_error = str(exc)[:500] or type(exc).__name__
             logger.info("stored uid#%s undecoded: %s", uid_hash(sop_instance_uid), type(exc).__name__)
@@ -355,6 +358,7 @@ class DicomScp:
                 decode_error=decode_error,
                 calling_ae=calling_ae,
                 peer_address=peer,
+                staged=staged,
             )
         except BackPressureError as exc:
             logger.warning("back-pressure, refusing uid#%s: %s", uid_hash(sop_instance_uid), exc)

@@ -3,9 +3,9 @@
 An asyncio server runs in its own thread. Each connection is read through our
 :class:`~ecgcad.integration.mllp.MllpDecoder`; every complete message gets a fast header check
 (:func:`~ecgcad.integration.hl7_ack.parse_header`) and is handed to
-:meth:`~ecgcad.pipeline.ingest.Ingestor.ingest_hl7` in a worker thread, which writes the raw message (fsync)
-and commits it with its ``hl7`` job. Only after that returns is the ACK sent. Messages on one connection are
-answered in order; the full parse and waveform decoding happen later in the worker.
+:meth:`~ecgcad.pipeline.ingest.Ingestor.ingest_hl7_many` in a worker thread, which commits the raw message
+with its ``hl7`` job in one transaction (frames that arrived together share it). Only after that returns is
+the ACK sent. Messages on one connection are answered in order; the full parse and waveform decoding happen later in the worker.
 
 Answers (original mode / enhanced mode, see :mod:`ecgcad.integration.hl7_ack`):
 
@@ -38,6 +38,7 @@ from ecgcad.integration.mllp import MllpDecoder, MllpFrameTooLarge, frame
 from ecgcad.listeners.allowlist import AddressAllowList
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
+from ecgcad.pipeline.ingest import Hl7Message
 
 logger = logging.getLogger(__name__)
 
@@ -265,9 +266,9 @@ class Hl7Server:
                 messages, oversize = exc.frames, exc
             if messages:
                 deadline = loop.time() + s.idle_timeout_s
-            # Frames that arrived together are stored together (the ingestor group-commits concurrent
-            # callers); their ACKs still go out in order, each only after its commit.
-            acks = await asyncio.gather(*(self._handle_message(m, peer) for m in messages))
+            # Frames that arrived together are stored together (one group commit, shared with concurrent
+            # connections); their ACKs go out in order, after the commit.
+            acks = await self._handle_messages(messages, peer) if messages else []
             for ack in acks:
                 if ack is not None:
                     writer.write(frame(ack))
@@ -295,15 +296,40 @@ class Hl7Server:
                     await asyncio.wait_for(writer.drain(), 5.0)
                 return
 
-    # -- one message ---------------------------------------------------------------------------------------
-    async def _handle_message(self, message: bytes, peer: str) -> bytes | None:
+    # -- messages ------------------------------------------------------------------------------------------
+    async def _handle_messages(self, messages: list[bytes], peer: str) -> list[bytes | None]:
+        """The answers to ``messages`` (in order); the accepted ones are stored in one group commit."""
+        answers: list[bytes | None] = [None] * len(messages)
+        to_store: list[tuple[int, MessageHeader]] = []
+        for n, message in enumerate(messages):
+            header, answer = await self._check(message, peer)
+            if header is None:
+                answers[n] = answer
+            else:
+                to_store.append((n, header))
+        if not to_store:
+            return answers
+        batch = [
+            Hl7Message(messages[n], header.message_control_id, header.type_code) for n, header in to_store
+        ]
+        try:
+            outcomes: list[Any] = await self._run(self.ctx.ingestor.ingest_hl7_many, batch, peer_address=peer)
+        except Exception as exc:  # noqa: BLE001 - the boundary: every exception becomes an ACK
+            logger.exception("unexpected error storing %d messages from %s", len(batch), peer)
+            outcomes = [exc] * len(batch)
+        for (n, header), outcome in zip(to_store, outcomes, strict=True):
+            answers[n] = self._answer(header, outcome)
+        return answers
+
+    async def _check(self, message: bytes, peer: str) -> tuple[MessageHeader | None, bytes | None]:
+        """The header of a message to store, or ``(None, the AR answer)`` for one to reject."""
         s = self.settings
         try:
             header = hl7_ack.parse_header(message)
         except Hl7HeaderError as exc:
             logger.warning("rejected message from %s: %s", peer, exc)
             await self._run(self._audit, "hl7.rejected", outcome=4, address=peer, detail={"reason": str(exc)})
-            return self._ack(None, "reject", str(exc), exc.code, exc.location)
+            return None, self._ack(None, "reject", str(exc), exc.code, exc.location)
         if not is_supported(header) and not s.accept_other_types:
             reason = f"message type {header.type_code} is not accepted"
             logger.info(
@@ -316,25 +342,22 @@ class Hl7Server:
                 address=peer,
                 detail={"reason": reason, "control_id_hash": uid_hash(header.message_control_id)},
             )
-            return self._ack(header, "reject", reason, hl7_ack.ERR_UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9")
-        try:
-            await self._run(
-                self.ctx.ingestor.ingest_hl7,
-                message,
-                control_id=header.message_control_id,
-                message_type=header.type_code,
-                peer_address=peer,
-            )
-        except BackPressureError as exc:
-            logger.warning("back-pressure, AE for msh10#%s: %s", uid_hash(header.message_control_id), exc)
+            return None, self._ack(header, "reject", reason, hl7_ack.ERR_UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9")
+        return header, None
+
+    def _answer(self, header: MessageHeader, outcome: Any) -> bytes | None:
+        """The ACK for a message the ingestor stored (an :class:`IngestResult`) or refused (an exception)."""
+        control = uid_hash(header.message_control_id)
+        if isinstance(outcome, BackPressureError):
+            logger.warning("back-pressure, AE for msh10#%s: %s", control, outcome)
             return self._ack(header, "error", "busy, retry later", hl7_ack.ERR_APPLICATION_RECORD_LOCKED)
-        except StorageError as exc:
-            logger.error("storage failed for msh10#%s: %s", uid_hash(header.message_control_id), exc)
+        if isinstance(outcome, StorageError):
+            logger.error("storage failed for msh10#%s: %s", control, outcome)
             return self._ack(
                 header, "error", "storage unavailable, retry later", hl7_ack.ERR_APPLICATION_INTERNAL_ERROR
             )
-        except Exception:  # noqa: BLE001 - the boundary: every exception becomes an ACK
-            logger.exception("unexpected error storing msh10#%s", uid_hash(header.message_control_id))
+        if isinstance(outcome, BaseException):
+            logger.error("unexpected error storing msh10#%s: %s", control, type(outcome).__name__)
             return self._ack(header, "error", "internal error", hl7_ack.ERR_APPLICATION_INTERNAL_ERROR)
         self.acknowledged += 1
         return self._ack(header, "accept")

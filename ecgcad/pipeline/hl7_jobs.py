@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from ecgcad.context import AppContext
 from ecgcad.db.models import EcgRecord, Order, SourceObject
+from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, QueueError
 from ecgcad.integration.hl7_ack import Hl7HeaderError, OrderInfo, parse_header, parse_order
 from ecgcad.jobs.queue import ClaimedJob
@@ -95,8 +96,7 @@ def process_hl7_message(ctx: AppContext, source_object_id: int, decode: Decoder)
         obj = session.get(SourceObject, source_object_id)
         if obj is None:
             raise NotRetryable(f"source object {source_object_id} does not exist")
-        sha = obj.sha256
-    data = ctx.store.get(sha)
+        data = source_bytes(ctx.store, obj)
     try:
         header = parse_header(data)
     except Hl7HeaderError as exc:

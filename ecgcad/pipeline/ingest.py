@@ -1,4 +1,8 @@
-"""Durable ingest: raw bytes to the object store, then one transaction with the rows and the job.
+"""Durable ingest: raw bytes to stable storage, then one transaction with the rows and the job.
+
+DICOM instances and files go to the content-addressed object store (flushed with one ``syncfs`` per group,
+overlapping the row inserts); HL7 messages are small and go into their source-object row, so that their
+commit is their only flush. Concurrent callers share a group commit.
 
 Every entry point (DICOM SCP, MLLP server, folder drop, CLI, PACS poll) calls :class:`Ingestor`; only after
 its method returns may the caller acknowledge the sender (C-STORE ``0x0000``, HL7 ``AA``/``CA``).
@@ -13,17 +17,19 @@ Job kinds created here:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from ecgcad.db import audit
-from ecgcad.db.models import EcgRecord, SourceObject
+from ecgcad.db.models import IN_DATABASE, EcgRecord, SourceObject
 from ecgcad.db.objects import ObjectStore
 from ecgcad.db.session import Database
 from ecgcad.errors import BackPressureError, EcgcadError, StorageError
@@ -32,6 +38,15 @@ from ecgcad.jobs.queue import JobQueue
 from ecgcad.logsetup import uid_hash
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hl7Message:
+    """One HL7 v2 message for :meth:`Ingestor.ingest_hl7_many`: its bytes and header fields."""
+
+    data: bytes
+    control_id: str | None
+    message_type: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,30 +60,103 @@ class IngestResult:
     new_version: bool = False
 
 
-def _copy_identifiers(row: EcgRecord, ids: EcgIdentifiers) -> None:
+def _identifier_values(ids: EcgIdentifiers) -> dict[str, Any]:
+    values: dict[str, Any] = {}
     for name in EcgRecord.IDENTIFIER_COLUMNS:
         value = getattr(ids, name, None)
-        length = getattr(EcgRecord.__table__.c[name].type, "length", None)
+        length = _COLUMN_LENGTHS.get(name)
         if isinstance(value, str) and length:
             value = value[:length]  # over-long vendor values must not make the row unstorable
-        setattr(row, name, value)
-    row.identifiers = ids.to_dict()
+        values[name] = value
+    values["identifiers"] = ids.to_dict()
+    return values
+
+
+_COLUMN_LENGTHS: dict[str, int] = {
+    c.name: c.type.length  # type: ignore[attr-defined]
+    for c in EcgRecord.__table__.c
+    if getattr(c.type, "length", None)
+}
+
+
+def ecg_values(ecg: Ecg | None, source_object_id: int) -> dict[str, Any]:
+    """The column values of the ECG row of ``ecg`` (only the source and state when decoding failed)."""
+    values: dict[str, Any] = {"source_object_id": source_object_id, "state": "queued"}
+    if ecg is None:
+        return values
+    values.update(_identifier_values(ecg.identifiers))
+    values.update(
+        format=ecg.format,
+        sampling_rate=float(ecg.sampling_rate),
+        duration_s=float(ecg.duration_s),
+        leads=list(ecg.source_leads),
+        derived_leads=list(ecg.derived_leads),
+        notes=list(ecg.notes),
+        decode_status="decoded",
+    )
+    return values
 
 
 def ecg_row_from(ecg: Ecg | None, source_object_id: int) -> EcgRecord:
     """An :class:`EcgRecord` with the identifiers of ``ecg`` (or an empty one when decoding failed)."""
-    row = EcgRecord(source_object_id=source_object_id, state="queued")
-    if ecg is None:
-        return row
-    _copy_identifiers(row, ecg.identifiers)
-    row.format = ecg.format
-    row.sampling_rate = float(ecg.sampling_rate)
-    row.duration_s = float(ecg.duration_s)
-    row.leads = list(ecg.source_leads)
-    row.derived_leads = list(ecg.derived_leads)
-    row.notes = list(ecg.notes)
-    row.decode_status = "decoded"
-    return row
+    return EcgRecord(**ecg_values(ecg, source_object_id))
+
+
+_EXISTING = select(SourceObject.id).where(SourceObject.sha256 == bindparam("sha"))
+_ECG_OF_SOURCE = select(EcgRecord.id).where(EcgRecord.source_object_id == bindparam("source_id"))
+_LATEST_VERSION = select(func.max(SourceObject.object_version)).where(
+    SourceObject.sop_instance_uid == bindparam("uid")
+)
+_INSERT_SOURCE = insert(SourceObject).returning(SourceObject.id)
+_INSERT_ECG = insert(EcgRecord).returning(EcgRecord.id)
+
+
+class StagedObject:
+    """An object being written to the store and flushed in the background (:meth:`Ingestor.stage`).
+
+    A listener stages the bytes as soon as they have arrived and decodes them meanwhile; the ingest that
+    follows then only waits for the flush before it commits the rows.
+    """
+
+    def __init__(self, ingestor: Ingestor, future: concurrent.futures.Future[tuple[str, str, bool]]) -> None:
+        self._ingestor = ingestor
+        self._future = future
+
+    def result(self) -> tuple[str, str]:
+        """``(sha256, path)`` once the object is on stable storage.
+
+        Raises
+        ------
+        StorageError, BackPressureError
+            The object could not be written or flushed.
+        """
+        sha, path, _ = self._outcome()
+        return sha, path
+
+    def discard(self) -> None:
+        """Remove the object again (the input was refused) if this staging created it and no row refers
+        to it."""
+        try:
+            sha, _, created = self._outcome()
+        except EcgcadError:
+            return
+        if not created:
+            return
+        try:
+            with self._ingestor.db.read_session() as session:
+                if Ingestor._existing(session, sha) is not None:
+                    return
+        except EcgcadError:
+            return  # keep it: an unreferenced object costs only space
+        self._ingestor.store.delete(sha)
+
+    def _outcome(self) -> tuple[str, str, bool]:
+        try:
+            return self._future.result()
+        except EcgcadError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot write object: {exc.strerror}") from exc
 
 
 class Ingestor:
@@ -103,6 +191,7 @@ class Ingestor:
         self._group_lock = threading.Lock()
         self._pending: list[_Pending] = []
         self._leader_active = False
+        self._sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
         #: Most objects committed together in one group.
         self.max_group = 64
 
@@ -121,14 +210,20 @@ class Ingestor:
         if depth >= self.max_depth:
             raise BackPressureError(f"job queue depth {depth} is at its limit {self.max_depth}")
 
-    def _source(self, session: Session, data: bytes, sha: str, path: str, **fields: Any) -> SourceObject:
-        obj = SourceObject(sha256=sha, size=len(data), storage_path=path, **fields)
-        session.add(obj)
-        session.flush()
-        return obj
+    @staticmethod
+    def _source(session: Session, data: bytes, sha: str, path: str | None, **fields: Any) -> int:
+        """Insert the source-object row (bytes in the database when ``path`` is ``None``); its id."""
+        values = {"sha256": sha, "size": len(data), **fields}
+        if path is None:
+            values.update(storage_path=IN_DATABASE, content=data)
+        else:
+            values["storage_path"] = path
+        return int(session.connection().execute(_INSERT_SOURCE, values).scalar_one())
 
-    def _existing(self, session: Session, sha: str) -> SourceObject | None:
-        return session.execute(select(SourceObject).where(SourceObject.sha256 == sha)).scalar_one_or_none()
+    @staticmethod
+    def _existing(session: Session, sha: str) -> int | None:
+        found = session.connection().execute(_EXISTING, {"sha": sha}).scalar()
+        return int(found) if found is not None else None
 
     def _notify(self) -> None:
         if self.on_enqueue is not None:
@@ -139,25 +234,34 @@ class Ingestor:
 
     # -- group commit ------------------------------------------------------------------------------------
     def _submit(
-        self, data: bytes, apply: Callable[[Session, SourceObject | None, str, str], IngestResult]
+        self, data: bytes, apply: _Apply, *, in_database: bool = False, staged: StagedObject | None = None
     ) -> IngestResult:
         """Store ``data`` and run ``apply`` in a transaction shared with concurrent callers (group commit).
 
+        With ``in_database`` the bytes go into the source-object row instead of the object store (small
+        objects such as HL7 messages): the commit is then the only flush.
+        """
+        (item,) = self._submit_all([_Pending(data, apply, in_database, staged)])
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _submit_all(self, items: list[_Pending]) -> list[_Pending]:
+        """Store ``items`` together with whatever concurrent callers have pending (group commit).
+
         The first caller to arrive becomes the leader: it takes every pending item (up to
         :attr:`max_group`), writes their objects, flushes them to stable storage with one ``syncfs``, runs
-        every item's ``apply`` in one database transaction (each in its own savepoint, so one bad item does
-        not sink the others), commits, and wakes the callers. Only then does any caller return, so an
-        acknowledgement always follows a durable commit.
+        every item's ``apply`` in one database transaction, commits, and wakes the callers. Only then does
+        any caller return, so an acknowledgement always follows a durable commit. Each item ends with its
+        ``result`` or its ``error``.
         """
-        item = _Pending(data, apply)
         with self._group_lock:
-            self._pending.append(item)
+            self._pending.extend(items)
             leader = not self._leader_active
             if leader:
                 self._leader_active = True
-        if not leader:
-            item.done.wait()
-        else:
+        if leader:
             while True:
                 with self._group_lock:
                     group = self._pending[: self.max_group]
@@ -166,37 +270,105 @@ class Ingestor:
                         self._leader_active = False
                         break
                 self._commit_group(group)
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
+        for item in items:
+            item.done.wait()
+        return items
+
+    def _write_objects(self, group: list[_Pending]) -> list[tuple[str, str | None]]:
+        """Write the group's file objects, not yet flushed; ``(sha256, path or None)`` per item."""
+        self.check_capacity(sum(len(i.data) for i in group))
+        located: list[tuple[str, str | None]] = []
+        for i in group:
+            if i.in_database:
+                located.append((hashlib.sha256(i.data).hexdigest(), None))
+            elif i.staged is not None:
+                located.append(i.staged.result())  # already flushed
+            else:
+                sha, path = self.store.put(i.data, sync=False)
+                located.append((sha, str(path)))
+        return located
+
+    def _background(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._sync_pool is None:
+                self._sync_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="ingest-sync")
+            return self._sync_pool
+
+    def _start_sync(self) -> concurrent.futures.Future[None]:
+        """Flush the written objects (one ``syncfs``) in the background while the rows are inserted."""
+        return self._background().submit(self.store.sync)
+
+    def stage(self, data: bytes) -> StagedObject:
+        """Start hashing, writing and flushing ``data`` to the object store in the background.
+
+        Pass the result to :meth:`ingest_dicom` (``staged=``); the caller decodes meanwhile. Hashing, the
+        write and the flush run outside the interpreter lock, so they overlap the decoding.
+        """
+
+        def write() -> tuple[str, str, bool]:
+            sha, path, created = self.store.put_new(data, sync=False)
+            self.store.sync()
+            return sha, str(path), created
+
+        return StagedObject(self, self._background().submit(write))
+
+    def _apply_group(
+        self,
+        group: list[_Pending],
+        located: list[tuple[str, str | None]],
+        isolate: bool,
+        synced: concurrent.futures.Future[None] | None,
+    ) -> None:
+        """Run every item's ``apply`` in one transaction and commit it once ``synced`` (the flush of the
+        objects) has finished, so that a row never commits before its object is on stable storage.
+
+        Without ``isolate`` any failing item fails the transaction (it raises); with it each item runs in
+        its own savepoint, so a failing item gets its error and the others are committed.
+        """
+        with self.db.session() as session:
+            for i, (sha, path) in zip(group, located, strict=True):
+                i.result = i.error = None
+                if not isolate:
+                    i.result = i.apply(session, self._existing(session, sha), sha, path)
+                    continue
+                try:
+                    with session.begin_nested():
+                        i.result = i.apply(session, self._existing(session, sha), sha, path)
+                except Exception as exc:  # noqa: BLE001 - this item fails, the group goes on
+                    logger.exception("ingest of one object failed")
+                    i.error = StorageError(f"could not store the object: {type(exc).__name__}")
+            if synced is not None:
+                synced.result()  # a failed flush raises StorageError: nothing is committed
 
     def _commit_group(self, group: list[_Pending]) -> None:
         try:
             try:
-                self.check_capacity(sum(len(i.data) for i in group))
-                paths = [self.store.put(i.data, sync=False) for i in group]
-                self.store.sync()
+                located = self._write_objects(group)
             except EcgcadError as exc:
                 for i in group:
                     i.error = exc
                 return
-            try:
-                with self.db.session() as session:
-                    for i, (sha, path) in zip(group, paths, strict=True):
-                        try:
-                            with session.begin_nested():
-                                i.result = i.apply(session, self._existing(session, sha), sha, str(path))
-                        except Exception as exc:  # noqa: BLE001 - this item fails, the group goes on
-                            logger.exception("ingest of one object failed")
-                            i.error = StorageError(f"could not store the object: {type(exc).__name__}")
-            except EcgcadError as exc:
-                for i in group:
-                    i.result, i.error = None, exc
-            except Exception as exc:  # noqa: BLE001 - commit failed: nobody is acknowledged
-                logger.exception("group commit of %d objects failed", len(group))
-                for i in group:
-                    i.result, i.error = None, StorageError(f"database commit failed: {type(exc).__name__}")
+            unsynced = any(not i.in_database and i.staged is None for i in group)
+            synced = self._start_sync() if unsynced else None
+            # Optimistic: the whole group in one plain transaction. Only when that fails (rare) is it run
+            # again with a savepoint per item, so that one bad item does not sink the others.
+            attempts = (False, True) if len(group) > 1 else (False,)
+            for isolate in attempts:
+                try:
+                    self._apply_group(group, located, isolate, synced)
+                    break
+                except EcgcadError as exc:
+                    for i in group:
+                        i.result, i.error = None, exc
+                    break
+                except Exception as exc:  # noqa: BLE001 - not committed: nobody is acknowledged
+                    if isolate or len(group) == 1:
+                        logger.exception("group commit of %d objects failed", len(group))
+                    for i in group:
+                        i.result, i.error = (
+                            None,
+                            StorageError(f"database commit failed: {type(exc).__name__}"),
+                        )
             if any(i.result is not None and i.result.job_id is not None for i in group):
                 self._notify()
         finally:
@@ -218,12 +390,14 @@ class Ingestor:
         peer_address: str | None = None,
         kind: str = "dicom",
         identifiers: EcgIdentifiers | None = None,
+        staged: StagedObject | None = None,
     ) -> IngestResult:
         """Store one DICOM instance (decoded to ``ecg``, or with ``decode_error``) and queue its scoring.
 
         A byte-identical instance already stored is a duplicate: nothing new is queued. The same SOP Instance
         UID with different bytes is stored as a new version and audited. When decoding failed, pass the
         ``identifiers`` read from the dataset (if any) so the "not evaluated" report reaches the right patient.
+        ``staged`` is ``data`` already handed to :meth:`stage`.
 
         Raises
         ------
@@ -233,26 +407,21 @@ class Ingestor:
             The object or its rows could not be committed: nothing was stored.
         """
 
-        def apply(session: Session, existing: SourceObject | None, sha: str, path: str) -> IngestResult:
+        def apply(session: Session, existing: int | None, sha: str, path: str | None) -> IngestResult:
+            conn = session.connection()
             if existing is not None:
-                ecg_id = session.execute(
-                    select(EcgRecord.id).where(EcgRecord.source_object_id == existing.id)
-                ).scalar()
+                ecg_id = conn.execute(_ECG_OF_SOURCE, {"source_id": existing}).scalar()
                 logger.info(
                     "duplicate DICOM instance uid#%s acknowledged, not queued again",
                     uid_hash(sop_instance_uid),
                 )
-                return IngestResult(existing.id, ecg_id, None, duplicate=True)
+                return IngestResult(existing, ecg_id, None, duplicate=True)
             version = 1
             if sop_instance_uid:
-                prior = session.execute(
-                    select(func.max(SourceObject.object_version)).where(
-                        SourceObject.sop_instance_uid == sop_instance_uid
-                    )
-                ).scalar()
+                prior = conn.execute(_LATEST_VERSION, {"uid": sop_instance_uid}).scalar()
                 if prior:
                     version = int(prior) + 1
-            obj = self._source(
+            source_id = self._source(
                 session,
                 data,
                 sha,
@@ -264,33 +433,34 @@ class Ingestor:
                 calling_ae=calling_ae,
                 peer_address=peer_address,
             )
-            row = ecg_row_from(ecg, obj.id)
+            row = ecg_values(ecg, source_id)
             if ecg is None:
                 if identifiers is not None:
-                    _copy_identifiers(row, identifiers)
-                row.decode_status = "failed"
-                row.decode_reason = decode_error or "not decodable"
-                row.sop_instance_uid = sop_instance_uid
-                row.sop_class_uid = sop_class_uid
-            session.add(row)
-            session.flush()
-            job_id = self.queue.defer(session, "score", {"ecg_id": row.id}, dedupe_key=f"score:ecg:{row.id}")
+                    row.update(_identifier_values(identifiers))
+                row.update(
+                    decode_status="failed",
+                    decode_reason=decode_error or "not decodable",
+                    sop_instance_uid=sop_instance_uid,
+                    sop_class_uid=sop_class_uid,
+                )
+            ecg_id = int(conn.execute(_INSERT_ECG, row).scalar_one())
+            job_id = self.queue.defer(session, "score", {"ecg_id": ecg_id}, dedupe_key=f"score:ecg:{ecg_id}")
             audit.record(
                 session,
                 "dicom.new_version" if version > 1 else "dicom.received",
                 ae_title=calling_ae,
                 address=peer_address,
-                patient_id=row.patient_id,
-                issuer_of_patient_id=row.issuer_of_patient_id,
-                study_instance_uid=row.study_instance_uid,
+                patient_id=row.get("patient_id"),
+                issuer_of_patient_id=row.get("issuer_of_patient_id"),
+                study_instance_uid=row.get("study_instance_uid"),
                 sop_instance_uid=sop_instance_uid,
-                ecg_id=row.id,
-                detail={"sha256": sha, "object_version": version, "decode_status": row.decode_status},
+                ecg_id=ecg_id,
+                detail={"sha256": sha, "object_version": version, "decode_status": row["decode_status"]},
             )
-            logger.info("stored DICOM uid#%s as ecg %s (job %s)", uid_hash(sop_instance_uid), row.id, job_id)
-            return IngestResult(obj.id, row.id, job_id, new_version=version > 1)
+            logger.info("stored DICOM uid#%s as ecg %s (job %s)", uid_hash(sop_instance_uid), ecg_id, job_id)
+            return IngestResult(source_id, ecg_id, job_id, new_version=version > 1)
 
-        return self._submit(data, apply)
+        return self._submit(data, apply, staged=staged)
 
     # -- HL7 ---------------------------------------------------------------------------------------------
     def ingest_hl7(
@@ -303,17 +473,46 @@ class Ingestor:
     ) -> IngestResult:
         """Store one HL7 v2 message and queue its parsing. A retransmission (same bytes) is a duplicate.
 
+        The message is kept in the database with its job (one transaction, one flush).
+
         Raises
         ------
         BackPressureError, StorageError
             As :meth:`ingest_dicom`: answer ``AE``, the sender retries.
         """
+        (outcome,) = self.ingest_hl7_many(
+            [Hl7Message(data, control_id, message_type)], peer_address=peer_address
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        def apply(session: Session, existing: SourceObject | None, sha: str, path: str) -> IngestResult:
+    def ingest_hl7_many(
+        self, messages: Sequence[Hl7Message], *, peer_address: str | None = None
+    ) -> list[IngestResult | EcgcadError]:
+        """Store several HL7 messages (frames that arrived together) in one group commit.
+
+        Returns, per message in order, its :class:`IngestResult` or the :class:`EcgcadError`
+        (:class:`BackPressureError`, :class:`StorageError`) that says why it was not stored.
+        """
+        items = self._submit_all([_Pending(m.data, self._hl7_apply(m, peer_address), True) for m in messages])
+        out: list[IngestResult | EcgcadError] = []
+        for item in items:
+            if item.result is not None:
+                out.append(item.result)
+            else:
+                error = item.error
+                out.append(error if isinstance(error, EcgcadError) else StorageError("object was not stored"))
+        return out
+
+    def _hl7_apply(self, message: Hl7Message, peer_address: str | None) -> _Apply:
+        data, control_id, message_type = message.data, message.control_id, message.message_type
+
+        def apply(session: Session, existing: int | None, sha: str, path: str | None) -> IngestResult:
             if existing is not None:
                 logger.info("retransmitted HL7 msh10#%s acknowledged, not queued again", uid_hash(control_id))
-                return IngestResult(existing.id, None, None, duplicate=True)
-            obj = self._source(
+                return IngestResult(existing, None, None, duplicate=True)
+            source_id = self._source(
                 session,
                 data,
                 sha,
@@ -324,7 +523,7 @@ class Ingestor:
                 peer_address=peer_address,
             )
             job_id = self.queue.defer(
-                session, "hl7", {"source_object_id": obj.id}, dedupe_key=f"hl7:src:{obj.id}"
+                session, "hl7", {"source_object_id": source_id}, dedupe_key=f"hl7:src:{source_id}"
             )
             audit.record(
                 session,
@@ -333,34 +532,38 @@ class Ingestor:
                 detail={"sha256": sha, "message_type": message_type, "control_id_hash": uid_hash(control_id)},
             )
             logger.info("stored HL7 %s msh10#%s (job %s)", message_type, uid_hash(control_id), job_id)
-            return IngestResult(obj.id, None, job_id)
+            return IngestResult(source_id, None, job_id)
 
-        return self._submit(data, apply)
+        return apply
 
     # -- files -------------------------------------------------------------------------------------------
     def ingest_file(self, data: bytes, *, filename: str | None = None, kind: str = "file") -> IngestResult:
         """Store a file of any supported format and queue its decoding in the worker."""
 
-        def apply(session: Session, existing: SourceObject | None, sha: str, path: str) -> IngestResult:
+        def apply(session: Session, existing: int | None, sha: str, path: str | None) -> IngestResult:
             if existing is not None:
-                ecg_id = session.execute(
-                    select(EcgRecord.id).where(EcgRecord.source_object_id == existing.id)
-                ).scalar()
-                return IngestResult(existing.id, ecg_id, None, duplicate=True)
-            obj = self._source(session, data, sha, path, kind=kind)
+                ecg_id = session.connection().execute(_ECG_OF_SOURCE, {"source_id": existing}).scalar()
+                return IngestResult(existing, ecg_id, None, duplicate=True)
+            source_id = self._source(session, data, sha, path, kind=kind)
             job_id = self.queue.defer(
-                session, "decode", {"source_object_id": obj.id}, dedupe_key=f"decode:src:{obj.id}"
+                session, "decode", {"source_object_id": source_id}, dedupe_key=f"decode:src:{source_id}"
             )
             audit.record(session, "cli.action", detail={"action": "ingest_file", "sha256": sha, "kind": kind})
-            return IngestResult(obj.id, None, job_id)
+            return IngestResult(source_id, None, job_id)
 
         return self._submit(data, apply)
+
+
+#: ``apply(session, existing source-object id or None, sha256, path or None for bytes in the database)``
+_Apply = Callable[[Session, "int | None", str, "str | None"], IngestResult]
 
 
 @dataclasses.dataclass(eq=False)
 class _Pending:
     data: bytes
-    apply: Callable[[Session, SourceObject | None, str, str], IngestResult]
+    apply: _Apply
+    in_database: bool = False
+    staged: StagedObject | None = None
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: IngestResult | None = None
     error: Exception | None = None

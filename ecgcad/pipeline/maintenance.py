@@ -20,7 +20,16 @@ from sqlalchemy import and_, exists, select, text
 from sqlalchemy.orm import Session
 
 from ecgcad.db import audit
-from ecgcad.db.models import Delivery, EcgRecord, KvState, Order, Result, SourceObject, utcnow
+from ecgcad.db.models import (
+    IN_DATABASE,
+    Delivery,
+    EcgRecord,
+    KvState,
+    Order,
+    Result,
+    SourceObject,
+    utcnow,
+)
 from ecgcad.jobs.queue import ClaimedJob
 
 logger = logging.getLogger(__name__)
@@ -90,7 +99,9 @@ def apply_retention(ctx: Any, *, now: dt.datetime | None = None) -> dict[str, in
                     break
                 for obj in rows:
                     obj.deleted_at = now
-                digests = [obj.sha256 for obj in rows]
+                    if obj.storage_path == IN_DATABASE:
+                        obj.content = None
+                digests = [obj.sha256 for obj in rows if obj.storage_path != IN_DATABASE]
                 audit.record(
                     session,
                     "retention.deleted",
@@ -103,7 +114,7 @@ def apply_retention(ctx: Any, *, now: dt.datetime | None = None) -> dict[str, in
                 )
             for digest in digests:  # after the commit (see the module docstring)
                 ctx.store.delete(digest)
-            total += len(digests)
+            total += len(rows)
         if total:
             logger.info("retention: deleted %d %s objects older than %d days", total, kind, days)
         deleted[kind] = total

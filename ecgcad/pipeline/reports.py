@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ecgcad.db.models import EcgRecord, Order, Result, SourceObject
+from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, EcgcadError, NotScorableError
 from ecgcad.integration.ecg import EcgIdentifiers
 from ecgcad.integration.report import PredecessorReference, StenosisReportInput, result_uids
@@ -105,7 +106,7 @@ def build_report_input(
     ecg = session.get(EcgRecord, result.ecg_id)
     assert ecg is not None
     source = session.get(SourceObject, ecg.source_object_id)
-    raw = ctx.store.get(source.sha256) if source is not None and source.deleted_at is None else None
+    raw = source_bytes(ctx.store, source) if source is not None and source.deleted_at is None else None
     source_dataset = (
         raw
         if (

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, SourceObject
+from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, ModelError, NotScorableError
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
@@ -83,7 +84,7 @@ def prepare(ctx: Any, session: Session, ecg: EcgRecord) -> _Prepared:
     try:
         if source is None or source.deleted_at is not None:
             raise DecodeError("the raw object is no longer stored")
-        decoded = decode(ctx.store.get(source.sha256))
+        decoded = decode(source_bytes(ctx.store, source))
     except DecodeError as exc:
         prep.reason = ("decode_failed", str(exc))
         return prep
@@ -384,7 +385,7 @@ def make_decode_handler(ctx: Any) -> Any:
                 if source is None:
                     continue
                 try:
-                    ecg = decode(ctx.store.get(source.sha256))
+                    ecg = decode(source_bytes(ctx.store, source))
                     row = ecg_row_from(ecg, source_id)
                 except DecodeError as exc:
                     row = ecg_row_from(None, source_id)

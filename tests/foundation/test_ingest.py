@@ -169,3 +169,97 @@ def test_a_failing_item_does_not_sink_the_rest_of_its_group(ingestor: Ingestor, 
         ingestor._submit(b"bad one", boom)
     r = ingestor.ingest_hl7(b"good one", control_id="G", message_type="ORU^R01")
     assert r.job_id is not None and _count(db, SourceObject) == 1
+
+
+def _hl7(n: int) -> bytes:
+    return b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|M%d|P|2.5.1\r" % n
+
+
+def test_hl7_message_is_kept_in_the_database_with_its_job(ingestor: Ingestor, db: Database) -> None:
+    from sqlalchemy.orm import undefer
+
+    from ecgcad.db.models import IN_DATABASE
+    from ecgcad.db.objects import source_bytes
+
+    r = ingestor.ingest_hl7(_hl7(1), control_id="M1", message_type="ORU^R01")
+    with db.session() as s:
+        obj = s.get(SourceObject, r.source_object_id, options=[undefer(SourceObject.content)])
+        assert obj is not None and obj.storage_path == IN_DATABASE
+        assert source_bytes(ingestor.store, obj) == _hl7(1)
+    assert not any(p.is_file() for p in ingestor.store.root.rglob("*")), "no file and no second flush"
+
+
+def test_a_batch_is_one_group_and_a_failing_item_does_not_sink_the_others(
+    ingestor: Ingestor, db: Database
+) -> None:
+    from ecgcad.db import audit
+    from ecgcad.errors import StorageError
+    from ecgcad.pipeline.ingest import Hl7Message, _Pending
+
+    def boom(session, existing, sha, path):  # type: ignore[no-untyped-def]
+        audit.record(session, "cli.action", detail={"about": "to fail"})  # rolled back with its savepoint
+        raise RuntimeError("constraint violated")
+
+    good = [
+        _Pending(_hl7(i), ingestor._hl7_apply(Hl7Message(_hl7(i), f"M{i}", "ORU^R01"), None), True)
+        for i in range(4)
+    ]
+    items = ingestor._submit_all([good[0], good[1], _Pending(b"bad", boom, True), good[2], good[3]])
+    assert [type(i.error) for i in items] == [type(None)] * 2 + [StorageError] + [type(None)] * 2
+    assert all(i.result is not None and i.result.job_id is not None for i in items[:2] + items[3:])
+    assert _count(db, SourceObject) == 4 and _count(db, Job) == 4
+    with db.session() as s:
+        assert audit.verify_session(s).ok, "the audit chain skips the rolled-back event"
+        assert s.execute(select(func.count()).select_from(AuditEvent)).scalar_one() == 4
+
+    outcomes = ingestor.ingest_hl7_many(
+        [Hl7Message(_hl7(0), "M0", "ORU^R01"), Hl7Message(_hl7(9), "M9", "ORU^R01")], peer_address="10.0.0.9"
+    )
+    assert [getattr(o, "duplicate", None) for o in outcomes] == [True, False]
+
+
+def test_audit_tail_is_forgotten_when_a_savepoint_rolls_back(db: Database) -> None:
+    from ecgcad.db import audit
+
+    with db.session() as s:
+        audit.record(s, "api.read", user="a")
+        try:
+            with s.begin_nested():
+                audit.record(s, "api.read", user="b")
+                raise RuntimeError("undo b")
+        except RuntimeError:
+            pass
+        audit.record(s, "api.read", user="c")
+    with db.session() as s:
+        audit.record(s, "api.read", user="d")
+    with db.session() as s:
+        report = audit.verify_session(s)
+        users = s.execute(select(AuditEvent.user).order_by(AuditEvent.id)).scalars().all()
+    assert report.ok and report.checked == 3
+    assert users == ["a", "c", "d"]
+
+
+def test_staged_dicom_is_flushed_before_its_rows_commit(ingestor: Ingestor, db: Database) -> None:
+    data = b"staged dicom bytes"
+    staged = ingestor.stage(data)
+    r = ingestor.ingest_dicom(
+        data, sop_class_uid="1.2", sop_instance_uid="1.2.3.9", ecg=_ecg("1.2.3.9"), staged=staged
+    )
+    assert r.job_id is not None
+    with db.session() as s:
+        obj = s.get(SourceObject, r.source_object_id)
+        assert obj is not None and Path(obj.storage_path).read_bytes() == data
+    staged.discard()  # referenced by a row: kept
+    assert ingestor.store.get(obj.sha256) == data
+
+
+def test_discarding_a_refused_staged_object_removes_only_what_it_created(ingestor: Ingestor) -> None:
+    import hashlib
+
+    refused = ingestor.stage(b"not a dataset")
+    refused.discard()
+    assert not ingestor.store.path_for(hashlib.sha256(b"not a dataset").hexdigest()).exists()
+    ingestor.store.put(b"kept bytes")
+    again = ingestor.stage(b"kept bytes")
+    again.discard()  # it did not create the object: left alone
+    assert ingestor.store.get(hashlib.sha256(b"kept bytes").hexdigest()) == b"kept bytes"

@@ -48,3 +48,21 @@ def test_maintenance_vacuums_sqlite_and_records_a_marker(make_ctx: Callable[...,
     assert report["vacuumed"] is True and report["dialect"] == "sqlite"
     with ctx.db.session() as s:
         assert s.get(KvState, "maintenance:last") is not None
+
+
+def test_retention_clears_an_hl7_message_kept_in_the_database(make_ctx: Callable[..., AppContext]) -> None:
+    from sqlalchemy.orm import undefer
+
+    from ecgcad.db.models import IN_DATABASE, Order
+
+    ctx = make_ctx(retention={"hl7_days": 30})
+    order = b"MSH|^~\\&|HIS|H|ECGCAD|H|2026||ORM^O01|O1|P|2.5.1\rPID|1||P1^^^H^MR\rORC|NW|PL1|FI1\rOBR|1|PL1|FI1\r"
+    source_id = ctx.ingestor.ingest_hl7(order, control_id="O1", message_type="ORM^O01").source_object_id
+    drain(ctx)
+    with ctx.db.session() as s:
+        assert s.execute(select(Order).where(Order.source_object_id == source_id)).first(), "order linked"
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
+    assert apply_retention(ctx, now=later)["hl7"] == 1
+    with ctx.db.session() as s:
+        obj = s.get(SourceObject, source_id, options=[undefer(SourceObject.content)])
+        assert obj.storage_path == IN_DATABASE and obj.deleted_at is not None and obj.content is None
