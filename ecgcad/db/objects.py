@@ -55,15 +55,10 @@ class ObjectStore:
         With ``sync`` the object is on stable storage when this returns; without it the caller must call
         :meth:`sync` before relying on it (group commit: one flush for many objects).
         """
-        digest, path, _ = self.put_new(data, sync=sync)
-        return digest, path
-
-    def put_new(self, data: bytes, *, sync: bool = True) -> tuple[str, Path, bool]:
-        """As :meth:`put`, and whether this call created the object (False: it was already stored)."""
         digest = hashlib.sha256(data).hexdigest()
         path = self.path_for(digest)
         if path.exists() and path.stat().st_size == len(data):
-            return digest, path, False
+            return digest, path
         self.check_space(len(data))
         do_fsync = self.fsync and sync
         try:
@@ -88,7 +83,7 @@ class ObjectStore:
                     os.close(dfd)
         except OSError as exc:
             raise StorageError(f"cannot write object: {exc.strerror}") from exc
-        return digest, path, True
+        return digest, path
 
     def sync(self) -> None:
         """Flush every object written with ``sync=False`` (file data and directory entries) to stable storage.

@@ -111,54 +111,6 @@ _INSERT_SOURCE = insert(SourceObject).returning(SourceObject.id)
 _INSERT_ECG = insert(EcgRecord).returning(EcgRecord.id)
 
 
-class StagedObject:
-    """An object being written to the store and flushed in the background (:meth:`Ingestor.stage`).
-
-    A listener stages the bytes as soon as they have arrived and decodes them meanwhile; the ingest that
-    follows then only waits for the flush before it commits the rows.
-    """
-
-    def __init__(self, ingestor: Ingestor, future: concurrent.futures.Future[tuple[str, str, bool]]) -> None:
-        self._ingestor = ingestor
-        self._future = future
-
-    def result(self) -> tuple[str, str]:
-        """``(sha256, path)`` once the object is on stable storage.
-
-        Raises
-        ------
-        StorageError, BackPressureError
-            The object could not be written or flushed.
-        """
-        sha, path, _ = self._outcome()
-        return sha, path
-
-    def discard(self) -> None:
-        """Remove the object again (the input was refused) if this staging created it and no row refers
-        to it."""
-        try:
-            sha, _, created = self._outcome()
-        except EcgcadError:
-            return
-        if not created:
-            return
-        try:
-            with self._ingestor.db.read_session() as session:
-                if Ingestor._existing(session, sha) is not None:
-                    return
-        except EcgcadError:
-            return  # keep it: an unreferenced object costs only space
-        self._ingestor.store.delete(sha)
-
-    def _outcome(self) -> tuple[str, str, bool]:
-        try:
-            return self._future.result()
-        except EcgcadError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"cannot write object: {exc.strerror}") from exc
-
-
 class Ingestor:
     """Stores incoming objects durably and queues their work.
 
@@ -233,15 +185,13 @@ class Ingestor:
                 logger.debug("on_enqueue failed", exc_info=True)
 
     # -- group commit ------------------------------------------------------------------------------------
-    def _submit(
-        self, data: bytes, apply: _Apply, *, in_database: bool = False, staged: StagedObject | None = None
-    ) -> IngestResult:
+    def _submit(self, data: bytes, apply: _Apply, *, in_database: bool = False) -> IngestResult:
         """Store ``data`` and run ``apply`` in a transaction shared with concurrent callers (group commit).
 
         With ``in_database`` the bytes go into the source-object row instead of the object store (small
         objects such as HL7 messages): the commit is then the only flush.
         """
-        (item,) = self._submit_all([_Pending(data, apply, in_database, staged)])
+        (item,) = self._submit_all([_Pending(data, apply, in_database)])
         if item.error is not None:
             raise item.error
         assert item.result is not None
@@ -281,36 +231,16 @@ class Ingestor:
         for i in group:
             if i.in_database:
                 located.append((hashlib.sha256(i.data).hexdigest(), None))
-            elif i.staged is not None:
-                located.append(i.staged.result())  # already flushed
             else:
                 sha, path = self.store.put(i.data, sync=False)
                 located.append((sha, str(path)))
         return located
 
-    def _background(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._lock:
-            if self._sync_pool is None:
-                self._sync_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="ingest-sync")
-            return self._sync_pool
-
     def _start_sync(self) -> concurrent.futures.Future[None]:
         """Flush the written objects (one ``syncfs``) in the background while the rows are inserted."""
-        return self._background().submit(self.store.sync)
-
-    def stage(self, data: bytes) -> StagedObject:
-        """Start hashing, writing and flushing ``data`` to the object store in the background.
-
-        Pass the result to :meth:`ingest_dicom` (``staged=``); the caller decodes meanwhile. Hashing, the
-        write and the flush run outside the interpreter lock, so they overlap the decoding.
-        """
-
-        def write() -> tuple[str, str, bool]:
-            sha, path, created = self.store.put_new(data, sync=False)
-            self.store.sync()
-            return sha, str(path), created
-
-        return StagedObject(self, self._background().submit(write))
+        if self._sync_pool is None:  # only the group leader gets here
+            self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ingest-sync")
+        return self._sync_pool.submit(self.store.sync)
 
     def _apply_group(
         self,
@@ -348,8 +278,7 @@ class Ingestor:
                 for i in group:
                     i.error = exc
                 return
-            unsynced = any(not i.in_database and i.staged is None for i in group)
-            synced = self._start_sync() if unsynced else None
+            synced = self._start_sync() if any(not i.in_database for i in group) else None
             # Optimistic: the whole group in one plain transaction. Only when that fails (rare) is it run
             # again with a savepoint per item, so that one bad item does not sink the others.
             attempts = (False, True) if len(group) > 1 else (False,)
@@ -390,14 +319,12 @@ class Ingestor:
         peer_address: str | None = None,
         kind: str = "dicom",
         identifiers: EcgIdentifiers | None = None,
-        staged: StagedObject | None = None,
     ) -> IngestResult:
         """Store one DICOM instance (decoded to ``ecg``, or with ``decode_error``) and queue its scoring.
 
         A byte-identical instance already stored is a duplicate: nothing new is queued. The same SOP Instance
         UID with different bytes is stored as a new version and audited. When decoding failed, pass the
         ``identifiers`` read from the dataset (if any) so the "not evaluated" report reaches the right patient.
-        ``staged`` is ``data`` already handed to :meth:`stage`.
 
         Raises
         ------
@@ -460,7 +387,7 @@ class Ingestor:
             logger.info("stored DICOM uid#%s as ecg %s (job %s)", uid_hash(sop_instance_uid), ecg_id, job_id)
             return IngestResult(source_id, ecg_id, job_id, new_version=version > 1)
 
-        return self._submit(data, apply, staged=staged)
+        return self._submit(data, apply)
 
     # -- HL7 ---------------------------------------------------------------------------------------------
     def ingest_hl7(
@@ -563,7 +490,6 @@ class _Pending:
     data: bytes
     apply: _Apply
     in_database: bool = False
-    staged: StagedObject | None = None
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: IngestResult | None = None
     error: Exception | None = None

@@ -237,29 +237,3 @@ def test_audit_tail_is_forgotten_when_a_savepoint_rolls_back(db: Database) -> No
         users = s.execute(select(AuditEvent.user).order_by(AuditEvent.id)).scalars().all()
     assert report.ok and report.checked == 3
     assert users == ["a", "c", "d"]
-
-
-def test_staged_dicom_is_flushed_before_its_rows_commit(ingestor: Ingestor, db: Database) -> None:
-    data = b"staged dicom bytes"
-    staged = ingestor.stage(data)
-    r = ingestor.ingest_dicom(
-        data, sop_class_uid="1.2", sop_instance_uid="1.2.3.9", ecg=_ecg("1.2.3.9"), staged=staged
-    )
-    assert r.job_id is not None
-    with db.session() as s:
-        obj = s.get(SourceObject, r.source_object_id)
-        assert obj is not None and Path(obj.storage_path).read_bytes() == data
-    staged.discard()  # referenced by a row: kept
-    assert ingestor.store.get(obj.sha256) == data
-
-
-def test_discarding_a_refused_staged_object_removes_only_what_it_created(ingestor: Ingestor) -> None:
-    import hashlib
-
-    refused = ingestor.stage(b"not a dataset")
-    refused.discard()
-    assert not ingestor.store.path_for(hashlib.sha256(b"not a dataset").hexdigest()).exists()
-    ingestor.store.put(b"kept bytes")
-    again = ingestor.stage(b"kept bytes")
-    again.discard()  # it did not create the object: left alone
-    assert ingestor.store.get(hashlib.sha256(b"kept bytes").hexdigest()) == b"kept bytes"

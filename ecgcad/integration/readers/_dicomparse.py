@@ -195,9 +195,13 @@ class Walker:
                 # SQ, or UN holding an implicit-VR sequence (PS3.5 6.2.2).
                 sub_implicit = implicit or vr == b"UN"
                 parse = keep and tag in self.keep
+                if not parse:
+                    pos = self._skip_sequence(vpos, end, sub_implicit, depth + 1)
+                    if keep and depth == 0:
+                        elems[tag] = []
+                    continue
                 items, pos = self._sequence(vpos, end, sub_implicit, depth + 1, parse, undefined=True)
-                if keep and (parse or depth == 0):
-                    elems[tag] = items
+                elems[tag] = items
                 continue
             vend = vpos + length
             if vend > end:
@@ -247,6 +251,48 @@ class Walker:
                 pos = iend
             if parse:
                 items.append(RawNode(self.buf, elems, self.encodings))
+
+    def _skip_sequence(self, pos: int, end: int, implicit: bool, depth: int) -> int:
+        """The position after an undefined-length sequence that is not kept (its items are walked only
+        far enough to find their ends)."""
+        if depth > _MAX_DEPTH:
+            raise _Malformed("DICOM sequences nested too deeply")
+        buf, limit = self.buf, min(end, self.n)
+        while True:
+            if pos + 8 > limit:
+                raise _Malformed("DICOM data ends inside a sequence")
+            g, e, length = _tag_len(buf, pos)
+            tag = (g << 16) | e
+            pos += 8
+            if tag == _SEQ_END:
+                return pos
+            if tag != _ITEM:
+                raise _Malformed(f"expected a sequence item, found ({g:04X},{e:04X})")
+            if length != _UNDEFINED:
+                pos += length
+                if pos > end:
+                    raise _Malformed("a sequence item runs past the end of its sequence")
+                continue
+            pos = self._skip_item(pos, end, implicit, depth)
+
+    def _skip_item(self, pos: int, end: int, implicit: bool, depth: int) -> int:
+        """The position after the item delimiter of an undefined-length item that is not kept."""
+        header = self._header
+        while pos < end:
+            tag, vr, length, vpos = header(pos, implicit)
+            if tag == _ITEM_END:
+                return vpos
+            if tag >> 16 == 0xFFFE:
+                raise _Malformed(f"unexpected delimiter ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            if length == _UNDEFINED:
+                pos = self._skip_sequence(vpos, end, implicit or vr == b"UN", depth + 1)
+                continue
+            pos = vpos + length
+            if pos > end:
+                raise _Malformed(
+                    f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end of the data"
+                )
+        raise _Malformed("DICOM data ends inside a sequence item")
 
     def _set_charset(self, pos: int, length: int) -> None:
         from pydicom.charset import convert_encodings
