@@ -28,11 +28,12 @@ import io
 import logging
 import queue
 import socket
+import struct
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
@@ -242,6 +243,7 @@ class DicomScp:
     # -- slow peers ------------------------------------------------------------------------------------
     def _on_progress(self, event: Any) -> None:
         self._last_pdu[event.assoc] = time.monotonic()
+        _set_poll_interval(event.assoc, ACTIVE_POLL_S)
 
     def _on_connection(self, event: Any) -> None:
         self._on_progress(event)
@@ -259,6 +261,8 @@ class DicomScp:
             now = time.monotonic()
             for assoc in list(ae.active_associations):
                 last = self._last_pdu.get(assoc)
+                if last is not None and now - last > IDLE_AFTER_S:
+                    _set_poll_interval(assoc, IDLE_POLL_S)
                 # not yet associated: the ACSE timeout; associated: twice the timeout (a store may be slow)
                 allowed = limit if not assoc.is_established else 2 * limit
                 if last is None or now - last <= allowed:
@@ -352,7 +356,13 @@ class DicomScp:
         assoc = event.assoc
         calling_ae = assoc.requestor.ae_title.strip()[:16]
         peer = assoc.requestor.address
-        data = event.encoded_dataset(include_meta=True)
+        data = part10(
+            cast(io.BytesIO, request.DataSet).getvalue(),
+            sop_class_uid=sop_class_uid or "",
+            sop_instance_uid=sop_instance_uid or "",
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            source_ae=calling_ae,
+        )
         ecg, decode_error = self._decode(data, sop_instance_uid)
         if ecg is None and decode_error is None:
             logger.warning("unreadable dataset uid#%s from %s", uid_hash(sop_instance_uid), calling_ae)
@@ -377,8 +387,59 @@ class DicomScp:
         return STATUS_SUCCESS
 
 
+def part10(
+    dataset: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str
+) -> bytes:
+    """The DICOM file (PS3.10) of a received data set: preamble, ``DICM``, File Meta Information, data set.
+
+    The meta group is written directly (explicit VR little endian, PS3.10 7.1) rather than through pydicom:
+    it is a handful of fixed elements, and this runs once per C-STORE.
+    """
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    def element(elem: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+        if len(value) % 2:
+            value += pad
+        if vr == b"OB":
+            return struct.pack("<HH2sHL", 2, elem, vr, 0, len(value)) + value
+        return struct.pack("<HH2sH", 2, elem, vr, len(value)) + value
+
+    group = b"".join(
+        (
+            element(0x0001, b"OB", b"\x00\x01", b"\x00"),
+            element(0x0002, b"UI", sop_class_uid.encode("ascii", "replace"), b"\x00"),
+            element(0x0003, b"UI", sop_instance_uid.encode("ascii", "replace"), b"\x00"),
+            element(0x0010, b"UI", transfer_syntax_uid.encode("ascii"), b"\x00"),
+            element(0x0012, b"UI", str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii"), b"\x00"),
+            element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" "),
+            element(0x0016, b"AE", source_ae.encode("ascii", "replace")[:16], b" ") if source_ae else b"",
+        )
+    )
+    length = element(0x0000, b"UL", struct.pack("<L", len(group)), b"")
+    return b"".join((b"\x00" * 128, b"DICM", length, group, dataset))
+
+
 #: How long the association's reactor waits on its DIMSE queue per turn (see :func:`_wait_for_dimse_messages`).
 REACTOR_WAIT_S = 0.005
+#: How often an association's transport thread looks for data while PDUs are arriving, and once it has been
+#: quiet for :data:`IDLE_AFTER_S` (pynetdicom's own interval; see :func:`_set_poll_interval`).
+ACTIVE_POLL_S = 0.0001
+IDLE_POLL_S = 0.001
+IDLE_AFTER_S = 1.0
+
+
+def _set_poll_interval(assoc: Any, seconds: float) -> None:
+    """Set how long ``assoc``'s transport (DUL) thread sleeps when a turn found nothing to do.
+
+    pynetdicom polls its socket and its send queue, sleeping a millisecond between idle turns: with a
+    sender that waits for each response, both the arrival of the next request and the sending of our
+    response wait half a millisecond on average. While PDUs arrive the SCP polls every
+    :data:`ACTIVE_POLL_S`; the watchdog puts a quiet association back to :data:`IDLE_POLL_S`, so that an
+    idle one costs no more CPU than pynetdicom's default.
+    """
+    dul = getattr(assoc, "dul", None)
+    if dul is not None and isinstance(getattr(dul, "_run_loop_delay", None), float):
+        dul._run_loop_delay = seconds
 
 
 def _wait_for_dimse_messages(assoc: Any) -> None:

@@ -308,3 +308,67 @@ def test_orthanc_pushes_the_ecg_to_the_scp(start_scp: Any, tmp_path: Path) -> No
         assert src.calling_ae == "ORTHANC"
         row = s.execute(select(EcgRecord)).scalar_one()
         assert row.decode_status == "decoded"
+
+
+def test_stored_file_meta_names_the_instance_transfer_syntax_and_sender(start_scp: Any) -> None:
+    storescu = require_tool("storescu")
+    dcmdump = require_tool("dcmdump")
+    scp, ctx = start_scp()
+    r = subprocess.run(
+        [storescu, "-aet", "CART7", "-aec", "ECGCAD", "-xi", *map(str, scp.address), ECG_FILE],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    with ctx.db.session() as s:
+        src = s.execute(select(SourceObject)).scalar_one()
+    path = ctx.store.path_for(src.sha256)
+    stored = pydicom.dcmread(path)
+    sent = pydicom.dcmread(ECG_FILE)
+    meta = stored.file_meta
+    assert meta.MediaStorageSOPClassUID == sent.SOPClassUID
+    assert meta.MediaStorageSOPInstanceUID == sent.SOPInstanceUID
+    assert meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian  # what -xi negotiated
+    assert meta.SourceApplicationEntityTitle == "CART7"
+    assert meta.FileMetaInformationVersion == b"\x00\x01"
+    assert stored.waveform_array(0).shape == sent.waveform_array(0).shape
+    out = subprocess.run([dcmdump, str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+    assert "FileMetaInformationGroupLength" in out.stdout and "[CART7]" in out.stdout
+
+
+def test_part10_pads_odd_values_and_counts_the_group_length() -> None:
+    import io
+
+    from ecgcad.listeners.dicom_scp import part10
+
+    data = part10(
+        b"",
+        sop_class_uid="1.2.3",
+        sop_instance_uid="1.2.34",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        source_ae="AE1",
+    )
+    meta = pydicom.dcmread(io.BytesIO(data)).file_meta
+    assert meta.MediaStorageSOPClassUID == "1.2.3" and meta.MediaStorageSOPInstanceUID == "1.2.34"
+    assert meta.SourceApplicationEntityTitle == "AE1"
+    assert meta.FileMetaInformationGroupLength == len(data) - 132 - 12
+
+
+def test_association_reactor_takes_a_message_as_soon_as_it_is_queued() -> None:
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    from ecgcad.listeners.dicom_scp import REACTOR_WAIT_S, _wait_for_dimse_messages
+
+    dimse = SimpleNamespace(msg_queue=queue.Queue(), get_msg=lambda block=False: ("blocking", block))
+    _wait_for_dimse_messages(SimpleNamespace(dimse=dimse))
+    threading.Timer(REACTOR_WAIT_S / 5, dimse.msg_queue.put, args=((1, "C-STORE"),)).start()
+    assert dimse.get_msg() == (1, "C-STORE"), "a non-blocking get waits briefly for the next message"
+    started = time.monotonic()
+    assert dimse.get_msg() == (None, None)
+    assert time.monotonic() - started < 50 * REACTOR_WAIT_S, "and returns when none comes"
+    assert dimse.get_msg(block=True) == ("blocking", True), "blocking calls keep pynetdicom's behaviour"
