@@ -1,4 +1,4 @@
-"""HL7 v2.5.1 ORU^R01 of a stenosis result (built with hl7apy) and our own validator of it.
+"""HL7 v2.5.1 ORU^R01 of a stenosis result (written directly as ER7) and our own validator of it.
 
 Message layout (ER7, segments ended by ``\\r``, UTF-8, MSH-18 ``UNICODE UTF-8``)::
 
@@ -33,9 +33,6 @@ import hashlib
 import logging
 import re
 from typing import Literal
-
-from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.core import Message
 
 from ecgcad.errors import BuildError
 from ecgcad.integration.report import VESSELS, StenosisReportInput
@@ -131,13 +128,89 @@ def _components(*parts: str | None) -> str:
     return "^".join(escape(p or "") for p in parts).rstrip("^")
 
 
+def _composite(text: str) -> str:
+    """A composite field as hl7apy wrote it: blank components emptied, trailing empty ones cut.
+
+    ``text`` is components joined by ``^`` whose data is already escaped (:func:`escape`).
+    """
+    if "^" not in text:
+        return text if text.strip() else ""
+    return "^".join(part if part.strip() else "" for part in text.split("^")).rstrip("^")
+
+
+#: A date/time that hl7apy's DTM writes back unchanged: ``YYYY[MM[DD[HH[MM[SS]]]]]`` (ASCII digits, year ≥
+#: 1000) with an optional offset that hl7apy accepts (``+0000`` … ``+1459``, ``-0000`` … ``-1259``).
+_PLAIN_DTM_RE = re.compile(
+    r"[1-9][0-9]{3}(?:[0-9]{2}){0,5}(?:\+(?:1[0-4]|0[0-9])[0-5][0-9]|-(?:1[0-2]|0[0-9])[0-5][0-9])?"
+)
+#: hl7apy's offset finder (``hl7apy.utils._split_offset``), verbatim: ``\\d`` includes non-ASCII digits.
+_HL7APY_OFFSET_RE = re.compile(r"\d*((\+(1[0-4]|0[0-9])|(-(1[0-2]|0[0-9])))([0-5][0-9]))$")
+_DATE_FORMATS = {4: "%Y", 6: "%Y%m", 8: "%Y%m%d"}
+_TIME_FORMATS = {0: "", 2: "%H", 4: "%H%M", 6: "%H%M%S"}
+
+
+def _dtm(text: str) -> str:
+    """A DTM component as hl7apy wrote it (it re-formats what it can parse, else copies the text).
+
+    Our own time stamps (:func:`_ts`, year ≥ 1000) and ordinary dates come back unchanged (fast path);
+    anything else (a copied birth date such as ``"197011 1"``, a year before 1000, non-ASCII digits) takes
+    hl7apy's route: offset split off, format chosen by length, ``strptime`` then ``strftime``.
+    """
+    if _PLAIN_DTM_RE.fullmatch(text):
+        return text
+    match = _HL7APY_OFFSET_RE.search(text)
+    offset = match.group(1) if match else ""
+    value = text.replace(offset, "") if offset else text
+    date_format = _DATE_FORMATS.get(len(value[:8]))
+    rest = value[8:]
+    microsec = 4
+    time_format = _TIME_FORMATS.get(len(rest))
+    if time_format is None and 8 <= len(rest) <= 11 and rest[6] == ".":
+        time_format, microsec = "%H%M%S.%f", len(rest) - 7
+    if date_format is None or time_format is None:
+        return text
+    fmt = date_format + time_format
+    try:
+        parsed = dt.datetime.strptime(value, fmt)
+    except ValueError:
+        return text
+    out = parsed.strftime(fmt)
+    if time_format.endswith("%f"):
+        out = out[: -(6 - microsec)]
+    return out + offset
+
+
+#: hl7apy's escaping of a text value: a backslash that is not part of an escape sequence becomes ``\\E\\``.
+_LONE_ESCAPE_RE = re.compile(r"(?<!\\[HNFSTRE])\\(?![HNFSTRE]\\)")
+
+
+def _raw_composite(value: str, known: int) -> str:
+    """An unescaped value given to a composite field, as hl7apy wrote it (``^``/``&`` kept as delimiters).
+
+    ``known`` is the number of components of the field's data type: blank ones among them are emptied,
+    blank ones beyond them are dropped (hl7apy appends those without keeping their position).
+    """
+    components = []
+    for index, component in enumerate(value.split("^")):
+        if not component.strip():
+            if index < known:
+                components.append("")
+            continue
+        subs = []
+        for sub in component.split("&"):
+            sub = sub.replace("|", "\\F\\").replace("~", "\\R\\")
+            subs.append(_LONE_ESCAPE_RE.sub(lambda _m: "\\E\\", sub) if "\\" in sub else sub)
+        components.append("&".join(subs))
+    return "^".join(components).rstrip("^")
+
+
 def _ts(when: dt.datetime | None) -> str:
     if when is None:
         return ""
     text = when.strftime("%Y%m%d%H%M%S")
     if when.tzinfo is not None:
         text += when.strftime("%z")
-    return text
+    return _dtm(text)
 
 
 def _nm(value: float) -> str:
@@ -153,6 +226,14 @@ def _xpn(dicom_name: str | None) -> str:
     parts = (alphabetic.split("^") + [""] * 5)[:5]
     family, given, middle, prefix, suffix = parts
     return _components(family, given, middle, suffix, prefix)
+
+
+def _segment(name: str, fields: dict[int, str]) -> str:
+    """One segment: ``fields`` by field number; unset fields up to the highest set one are empty."""
+    values = [""] * max(fields)
+    for number, value in fields.items():
+        values[number - 1] = value
+    return name + "|" + "|".join(values)
 
 
 def filler_order_number_for(inp: StenosisReportInput) -> str:
@@ -177,6 +258,12 @@ def build_oru(
     processing_id: Literal["P", "T", "D"] = "P",
 ) -> bytes:
     """Build the ORU^R01 (v2.5.1) of one stenosis result.
+
+    The message is written directly as ER7 (no message object): every copied value is escaped
+    (:func:`escape`), and the output is byte-for-byte what the former hl7apy-based builder wrote
+    (``tests/results/golden_oru``), including its quirks: blank components of composite fields are
+    emptied, fields that were set stay in place even when empty, and DTM values go through hl7apy's
+    parse-and-format round trip.
 
     Parameters
     ----------
@@ -207,8 +294,8 @@ def build_oru(
     Raises
     ------
     BuildError
-        A bad argument, or the built message fails hl7apy's structure validation or
-        :func:`validate_oru`.
+        A bad argument, or the built message fails the fast checks of :func:`validate_oru` (segment
+        order, tables, OBX-5 against OBX-2, required fields).
     """
     profile = profile or OruProfile()
     if not _CONTROL_ID_RE.match(control_id or ""):
@@ -227,69 +314,67 @@ def build_oru(
     obx_status = obr_status
     now = message_time or dt.datetime.now().astimezone()
 
-    msg = Message("ORU_R01", version=HL7_VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
-    msh = msg.msh
-    msh.msh_3 = escape(sending_application)
+    msh = {
+        3: _composite(escape(sending_application)),
+        7: _ts(now),
+        9: "ORU^R01^ORU_R01",
+        10: control_id,
+        11: processing_id if processing_id in ("P", "T", "D") else _raw_composite(processing_id, 2),
+        12: HL7_VERSION,
+        18: "UNICODE UTF-8",
+    }
     if sending_facility:
-        msh.msh_4 = escape(sending_facility)
+        msh[4] = _composite(escape(sending_facility))
     if receiving_application:
-        msh.msh_5 = escape(receiving_application)
+        msh[5] = _composite(escape(receiving_application))
     if receiving_facility:
-        msh.msh_6 = escape(receiving_facility)
-    msh.msh_7 = _ts(now)
-    msh.msh_9 = "ORU^R01^ORU_R01"
-    msh.msh_10 = control_id
-    msh.msh_11 = processing_id
-    msh.msh_12 = HL7_VERSION
+        msh[6] = _composite(escape(receiving_facility))
     if profile.accept_ack_type:
-        msh.msh_15 = profile.accept_ack_type
+        msh[15] = profile.accept_ack_type
     if profile.application_ack_type:
-        msh.msh_16 = profile.application_ack_type
-    msh.msh_18 = "UNICODE UTF-8"
+        msh[16] = profile.application_ack_type
+    # MSH-1 is the field separator itself and MSH-2 the encoding characters.
+    segments = ["MSH|^~\\&" + _segment("", {n - 2: v for n, v in msh.items()})]
 
-    result = msg.add_group("ORU_R01_PATIENT_RESULT")
-    patient = result.add_group("ORU_R01_PATIENT")
-    pid = patient.pid
-    pid.pid_1 = "1"
-    pid.pid_3 = _components(ident.patient_id, None, None, ident.issuer_of_patient_id)
-    pid.pid_5 = _xpn(ident.patient_name) or '""'
+    pid = {
+        1: "1",
+        3: _composite(_components(ident.patient_id, None, None, ident.issuer_of_patient_id)),
+        5: _composite(_xpn(ident.patient_name) or '""'),
+    }
     if ident.patient_birth_date:
-        pid.pid_7 = escape(ident.patient_birth_date)
+        birth_date = _composite(escape(ident.patient_birth_date))
+        pid[7] = _dtm(birth_date) if birth_date else ""
     if ident.patient_sex:
-        pid.pid_8 = escape(ident.patient_sex)
+        pid[8] = escape(ident.patient_sex)
+    segments.append(_segment("PID", pid))
     if ident.visit_number or profile.include_pv1:
-        visit = patient.add_group("ORU_R01_VISIT")
-        visit.pv1.pv1_1 = "1"
-        visit.pv1.pv1_2 = "U"
+        pv1 = {1: "1", 2: "U"}
         if ident.visit_number:
-            visit.pv1.pv1_19 = escape(ident.visit_number)
+            pv1[19] = _composite(escape(ident.visit_number))
+        segments.append(_segment("PV1", pv1))
 
-    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
     placer = inp.effective_placer_order_number
     filler = filler_order_number_for(inp)
-    filler_ei = _components(filler, "ECGCAD") if not inp.effective_filler_order_number else escape(filler)
-    orc = order.orc
-    orc.orc_1 = "RE"
+    filler_ei = _composite(
+        _components(filler, "ECGCAD") if not inp.effective_filler_order_number else escape(filler)
+    )
+    orc = {1: "RE", 3: filler_ei, 5: "CM"}
+    obr = {1: "1", 3: filler_ei, 4: _composite(_components(*profile.service_code))}
     if placer:
-        orc.orc_2 = escape(placer)
-    orc.orc_3 = filler_ei
-    orc.orc_5 = "CM"
-    obr = order.obr
-    obr.obr_1 = "1"
-    if placer:
-        obr.obr_2 = escape(placer)
-    obr.obr_3 = filler_ei
-    obr.obr_4 = _components(*profile.service_code)
+        orc[2] = obr[2] = _composite(escape(placer))
     if ident.acquisition_datetime:
-        obr.obr_7 = _ts(ident.acquisition_datetime)
+        obr[7] = _ts(ident.acquisition_datetime)
     accession = inp.effective_accession_number
     if accession and profile.accession_field == "OBR-18":
-        obr.obr_18 = escape(accession)
+        obr[18] = escape(accession)
     elif accession and profile.accession_field == "OBR-20":
-        obr.obr_20 = escape(accession)
-    obr.obr_22 = _ts(inp.result_time)
-    obr.obr_24 = "EC"
-    obr.obr_25 = obr_status
+        obr[20] = escape(accession)
+    result_time = _ts(inp.result_time)
+    obr[22] = result_time
+    obr[24] = "EC"
+    obr[25] = obr_status
+    segments.append(_segment("ORC", orc))
+    segments.append(_segment("OBR", obr))
 
     notes = []
     if inp.disclaimer:
@@ -300,47 +385,46 @@ def build_oru(
     )
     notes.append("Intended use: " + inp.intended_use)
     for i, note in enumerate(notes, start=1):
-        nte = order.add_segment("NTE")
-        nte.nte_1 = str(i)
-        nte.nte_2 = "L"
-        nte.nte_3 = escape(note)
+        segments.append(f"NTE|{i}|L|{escape(note)}")
 
-    observations: list[dict[str, str]] = []
-    common = {"14": _ts(ident.acquisition_datetime), "19": _ts(inp.result_time)}
+    observations: list[dict[int, str]] = []
+    common = {11: obx_status, 19: result_time}
+    if ident.acquisition_datetime:
+        common[14] = _ts(ident.acquisition_datetime)
     if inp.scorable:
         for sub_id, vessel in enumerate(VESSELS, start=1):
             name = vessel.upper()
             flag = "A" if inp.flags[vessel] else "N"
-            observations.append(
-                {
-                    "2": "NM",
-                    "3": _components(f"{name}-PROB", f"{name} stenosis probability", LOCAL_CODING_SYSTEM),
-                    "4": str(sub_id),
-                    "5": _nm(inp.probabilities[vessel]),
-                    "6": "1^^UCUM",
-                    "7": "<" + _nm(inp.thresholds[vessel]),
-                    "8": flag,
-                    **common,
-                }
-            )
             band = HIGH_RISK if inp.flags[vessel] else LOW_RISK
             observations.append(
                 {
-                    "2": "CWE",
-                    "3": _components(f"{name}-RISK", f"{name} stenosis risk", LOCAL_CODING_SYSTEM),
-                    "4": str(sub_id),
-                    "5": _components(*band),
-                    "8": flag,
+                    2: "NM",
+                    3: f"{name}-PROB^{name} stenosis probability^{LOCAL_CODING_SYSTEM}",
+                    4: str(sub_id),
+                    5: _nm(inp.probabilities[vessel]),
+                    6: "1^^UCUM",
+                    7: "<" + _nm(inp.thresholds[vessel]),
+                    8: flag,
+                    **common,
+                }
+            )
+            observations.append(
+                {
+                    2: "CWE",
+                    3: f"{name}-RISK^{name} stenosis risk^{LOCAL_CODING_SYSTEM}",
+                    4: str(sub_id),
+                    5: "^".join(band),
+                    8: flag,
                     **common,
                 }
             )
         any_flag = inp.any_flagged
         observations.append(
             {
-                "2": "CWE",
-                "3": _components("ANY-FLAG", "Any vessel flagged", LOCAL_CODING_SYSTEM),
-                "5": _components(*(("Y", "Yes", "HL70136") if any_flag else ("N", "No", "HL70136"))),
-                "8": "A" if any_flag else "N",
+                2: "CWE",
+                3: f"ANY-FLAG^Any vessel flagged^{LOCAL_CODING_SYSTEM}",
+                5: "Y^Yes^HL70136" if any_flag else "N^No^HL70136",
+                8: "A" if any_flag else "N",
                 **common,
             }
         )
@@ -349,34 +433,28 @@ def build_oru(
         code, text = inp.not_evaluated_reason
         observations.append(
             {
-                "2": "CWE",
-                "3": _components("NOT-EVAL", "Reason not evaluated", LOCAL_CODING_SYSTEM),
-                "5": _components(code, text, LOCAL_CODING_SYSTEM),
-                "8": "IND",
+                2: "CWE",
+                3: f"NOT-EVAL^Reason not evaluated^{LOCAL_CODING_SYSTEM}",
+                5: _components(code, text, LOCAL_CODING_SYSTEM),
+                8: "IND",
                 **common,
             }
         )
     if include_pdf is not None:
         observations.append(
             {
-                "2": "ED",
-                "3": _components("PDF", "Report PDF", LOCAL_CODING_SYSTEM),
-                "5": "^AP^PDF^Base64^" + base64.b64encode(bytes(include_pdf)).decode("ascii"),
+                2: "ED",
+                3: f"PDF^Report PDF^{LOCAL_CODING_SYSTEM}",
+                5: "^AP^PDF^Base64^" + base64.b64encode(bytes(include_pdf)).decode("ascii"),
                 **common,
             }
         )
     for set_id, fields in enumerate(observations, start=1):
-        obx = order.add_group("ORU_R01_OBSERVATION").obx
-        obx.obx_1 = str(set_id)
-        for number, value in fields.items():
-            if value:
-                setattr(obx, f"obx_{number}", value)
-        obx.obx_11 = obx_status
+        fields[1] = str(set_id)
+        segments.append(_segment("OBX", fields))
 
-    er7 = msg.to_er7()
-    if not er7.endswith("\r"):
-        er7 += "\r"
-    data = er7.encode("utf-8")
+    segments.append("")
+    data = "\r".join(segments).encode("utf-8")
     problems = validate_oru(data, structure=False)
     if problems:
         raise BuildError("built ORU is invalid: " + "; ".join(problems))
@@ -409,7 +487,7 @@ def validate_oru(message: bytes, *, structure: bool = True) -> list[str]:
         ER7 bytes (UTF-8), segments ended by ``\\r`` (``\\n`` tolerated).
     structure:
         Also re-parse with hl7apy to validate the message structure (≈ 50 ms). :func:`build_oru` skips
-        it: the message was just built from hl7apy's own structure, and the segment order is checked here.
+        it: its writer emits the segments in the fixed ORU_R01 order, which the fast checks verify here.
 
     Returns
     -------
@@ -477,6 +555,7 @@ def validate_oru(message: bytes, *, structure: bool = True) -> list[str]:
 
 
 def _structure_problems(er7: str) -> list[str]:
+    from hl7apy.consts import VALIDATION_LEVEL
     from hl7apy.exceptions import HL7apyException
     from hl7apy.parser import parse_message
 
