@@ -254,11 +254,18 @@ class StenosisReportInput:
             raise BuildError("not-evaluated reason text must be 1–64 characters")
 
     def _check_source(self) -> None:
-        import pydicom
         from pydicom.errors import InvalidDicomError
+        from pydicom.filereader import read_partial
 
+        # Only the four UIDs are checked: reading stops after the last of them, so the waveform and its
+        # annotations (most of an ECG object) are never parsed.
+        last = 0x0020000E  # SeriesInstanceUID
         try:
-            ds = pydicom.dcmread(io.BytesIO(self.source_dataset_bytes or b""), stop_before_pixels=True)
+            ds = read_partial(
+                io.BytesIO(self.source_dataset_bytes or b""),
+                stop_when=lambda tag, _vr, _length: tag > last,
+                specific_tags=[0x00080016, 0x00080018, 0x0020000D, 0x0020000E],
+            )
         except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
             raise BuildError(f"source_dataset_bytes is not a readable DICOM object: {exc}") from exc
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
