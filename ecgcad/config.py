@@ -232,6 +232,11 @@ class DestinationSettings(_Section):
     send: list[Literal["sr", "pdf", "oru"]] = Field(default_factory=list, description="What to send.")
     timeout_s: float = Field(30.0, gt=0, description="Seconds to wait for the peer's confirmation.")
     max_attempts: int = Field(10, ge=1, description="Attempts before the delivery is failed (dead letter).")
+    keep_open_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds an idle connection to this destination is kept open for the next object; 0 opens one per object.",
+    )
     tls: bool = False
     enabled: bool = True
     ordered_per_patient: bool = Field(

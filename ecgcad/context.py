@@ -32,6 +32,8 @@ class AppContext:
     wakers: list[Any] = dataclasses.field(default_factory=list)
     #: The last model failure (load or predict) until a prediction succeeds again; shown by readiness.
     model_error: str | None = None
+    #: Outbound senders kept between deliveries (``pipeline.delivery.SenderPool``, made on first use).
+    sender_pool: Any = None
     _predictor: Any = None
     _shadow: Any = None
     _predictor_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -117,10 +119,12 @@ class AppContext:
         return self._predictor is not None
 
     def close(self) -> None:
-        """Stop queue heartbeats and release pooled connections."""
+        """Stop queue heartbeats, close the destinations' kept-open connections, release pooled ones."""
         close = getattr(self.queue, "close", None)
         if callable(close):
             close()
+        if self.sender_pool is not None:
+            self.sender_pool.close()
         self.db.dispose()
 
 

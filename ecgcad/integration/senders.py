@@ -22,16 +22,29 @@ HL7 (:class:`MllpSender`):
     MSA-1 ``AA``/``CA`` → delivered; ``AE``/``CE`` → retryable; ``AR``/``CR`` → permanent; no reply
     within the timeout, connection refused/reset, an unparsable reply or an MSA-2 that does not echo
     MSH-10 → retryable.
+
+Connections
+-----------
+With ``keep_open_s > 0`` (``[[destinations]] keep_open_s``, passed by the delivery pool) a sender keeps its
+association or TCP connection open for the next :meth:`~Sender.send` and closes it once idle that long
+(one reaper thread per process) or on ``close()``. A kept connection found dead is replaced, and the object
+sent again, at most once within the same ``send``; the classification above does not change. A sender
+serves one thread at a time (its lock serialises sends, ``close()`` and the idle check).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
+import os
+import select
 import socket
+import threading
 import time
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, Self, runtime_checkable
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -113,11 +126,165 @@ class Sender(Protocol):
         ...
 
 
+# -- Kept-open connections ------------------------------------------------------------------------------
+
+
+class _IdleReaper:
+    """One daemon thread that closes the connections senders keep open once they have been idle too long.
+
+    A sender registers itself (:meth:`watch`) while it keeps a connection open after a send, and the reaper
+    keeps it referenced until that connection is closed: a sender dropped without ``close()`` still has
+    its connection closed ``keep_open_s`` after its last use. The thread exits when nothing is watched and
+    starts again on the next :meth:`watch`.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._watched: set[_KeepOpen] = set()
+        self._thread: threading.Thread | None = None
+        self._changed = False
+
+    def watch(self, sender: _KeepOpen) -> None:
+        """Close ``sender``'s connection once it has been idle for its ``keep_open_s``."""
+        with self._cond:
+            if sender in self._watched:
+                return  # the reaper reads the new last-use time when it next looks
+            self._watched.add(sender)
+            self._changed = True
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ecgcad-idle-connections", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def forget(self, sender: _KeepOpen) -> None:
+        """Stop watching ``sender`` (its connection is closed)."""
+        with self._cond:
+            self._watched.discard(sender)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                watched = list(self._watched)
+                if not watched:
+                    self._thread = None
+                    return
+                self._changed = False
+            # Senders are called without the reaper's lock: they take their own lock first, then forget().
+            waits = [left for sender in watched if (left := sender._close_if_idle()) is not None]
+            with self._cond:
+                if not self._changed:
+                    self._cond.wait(timeout=max(0.01, min(waits, default=0.0)))
+
+
+_REAPER = _IdleReaper()
+os.register_at_fork(after_in_child=_REAPER._reset)
+
+
+class _KeepOpen:
+    """The keep-open bookkeeping the DICOM and MLLP senders share.
+
+    A subclass holds at most one connection, guarded by ``_lock`` (one send, close or idle check at a
+    time), and implements :meth:`_has_connection` and :meth:`_drop_connection`.
+    """
+
+    keep_open_s: float
+    _lock: threading.Lock
+    _last_used: float
+    _connecting_since: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """True while a connection is kept open (it may still turn out dead at the next send)."""
+        return self._has_connection()
+
+    @property
+    def connecting(self) -> bool:
+        """True while a new connection is being set up and has not carried an answer yet (DICOM: association
+        negotiation; MLLP: until the first acknowledgement). A peer that serves one connection at a time
+        holds this one off while another connection to it stays open."""
+        return self._connecting_since is not None
+
+    def _has_connection(self) -> bool:
+        raise NotImplementedError
+
+    def _drop_connection(self, *, graceful: bool = True) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the kept-open connection, if any (the next :meth:`send` opens a new one)."""
+        with self._lock:
+            self._drop_connection(graceful=True)
+            _REAPER.forget(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _kept(self) -> None:
+        """The connection stays open for the next send: note the time, let the reaper close it later."""
+        self._last_used = time.monotonic()
+        _REAPER.watch(self)
+
+    def _idle_expired(self) -> bool:
+        return time.monotonic() - self._last_used >= self.keep_open_s
+
+    def _close_if_idle(self) -> float | None:
+        """For the reaper: close the connection when idle too long.
+
+        Returns
+        -------
+        float or None
+            Seconds until the connection should be checked again, or ``None`` when there is none left.
+        """
+        if not self._lock.acquire(blocking=False):
+            return self.keep_open_s  # sending now; idle again at the earliest keep_open_s after it
+        try:
+            if self._has_connection():
+                left = self._last_used + self.keep_open_s - time.monotonic()
+                if left > 0:
+                    return left
+                logger.debug("%r: closing the connection idle for %.1f s", self, self.keep_open_s)
+                self._drop_connection(graceful=True)
+            _REAPER.forget(self)
+            return None
+        except Exception:  # noqa: BLE001 - a failing close must not stop the reaper
+            logger.warning("%r: closing an idle connection failed", self, exc_info=True)
+            _REAPER.forget(self)
+            return None
+        finally:
+            self._lock.release()
+
+
 # -- DICOM ----------------------------------------------------------------------------------------------
 
+#: The SOP classes delivery sends, requested up front on a kept association: Comprehensive SR and
+#: Comprehensive 3D SR (``ecgcad.integration.sr``, ``[reports] sr_sop_class``) and Encapsulated PDF
+#: Storage (``ecgcad.integration.pdf``). Spelled out here: those modules import highdicom and matplotlib.
+STORE_SOP_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.34",
+    "1.2.840.10008.5.1.4.1.1.104.1",
+)
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
-class DicomStoreSender:
-    """C-STORE SCU to one DICOM destination (pynetdicom); one association per :meth:`send`.
+
+class DicomStoreSender(_KeepOpen):
+    """C-STORE SCU to one DICOM destination (pynetdicom).
+
+    With ``keep_open_s > 0`` the association stays open between :meth:`send` calls. It is negotiated with
+    presentation contexts for ``sop_classes`` (Explicit and Implicit VR Little Endian); an object of
+    another SOP class or transfer syntax, or one the peer did not accept on it, gets an association of its
+    own, released after its C-STORE (as with ``keep_open_s=0``; the kept one is released first, since
+    some peers serve one association at a time). A kept association that the peer
+    released or aborted, or whose connection failed before any response arrived, is replaced and the
+    object sent again in the same call (a C-STORE of the same SOP Instance UID is idempotent). After a
+    DIMSE timeout or an invalid response the association is aborted, never reused. It is released once
+    idle for ``keep_open_s`` and on :meth:`close`.
 
     Parameters
     ----------
@@ -131,6 +298,15 @@ class DicomStoreSender:
         Seconds for connection, association negotiation and the C-STORE response.
     accept_warnings:
         Treat C-STORE warning statuses as delivered (default False: success only on ``0x0000``).
+    keep_open_s:
+        Seconds an idle association is kept for the next object; 0 (default) opens one per :meth:`send`.
+    sop_classes:
+        The SOP classes to request on the kept association.
+
+    Attributes
+    ----------
+    associations:
+        Associations established so far (kept and one-off).
     """
 
     def __init__(
@@ -142,6 +318,8 @@ class DicomStoreSender:
         timeout: float = 30.0,
         *,
         accept_warnings: bool = False,
+        keep_open_s: float = 0.0,
+        sop_classes: Sequence[str] = STORE_SOP_CLASSES,
     ) -> None:
         for name, ae in (("called_ae", called_ae), ("calling_ae", calling_ae)):
             if not isinstance(ae, str) or not 1 <= len(ae.strip()) <= 16 or "\\" in ae:
@@ -150,12 +328,21 @@ class DicomStoreSender:
             raise ValueError("port must be in 1..65535")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
+        if not keep_open_s >= 0:
+            raise ValueError("keep_open_s must be >= 0")
         self.host = host
         self.port = int(port)
         self.called_ae = called_ae.strip()
         self.calling_ae = calling_ae.strip()
         self.timeout = float(timeout)
         self.accept_warnings = accept_warnings
+        self.keep_open_s = float(keep_open_s)
+        self.sop_classes = tuple(str(uid) for uid in sop_classes)
+        self.associations = 0
+        self._lock = threading.Lock()
+        self._last_used = 0.0
+        self._assoc: Any = None
+        self._kept_ae: Any = None
 
     def __repr__(self) -> str:
         return f"DicomStoreSender({self.host!r}, {self.port}, called_ae={self.called_ae!r})"
@@ -178,51 +365,150 @@ class DicomStoreSender:
         BuildError
             ``payload`` is not a readable DICOM object (our bug, not the peer's).
         """
-        from pynetdicom import AE
-
         ds = _as_dataset(payload)
         sop_hash = uid_hash(str(ds.SOPInstanceUID))
+        started = time.monotonic()
+        with self._lock:
+            if self.keep_open_s > 0 and self._fits_kept(ds):
+                outcome = self._store_kept(ds, sop_hash)
+            else:
+                self._drop_connection(graceful=True)  # peers serving one association at a time
+                outcome = self._store_once(ds)
+        if outcome.status is not None:
+            logger.debug("C-STORE sop=%s took %.3f s", sop_hash, time.monotonic() - started)
+        return self._log(outcome, sop_hash)
+
+    def _fits_kept(self, ds: Dataset) -> bool:
+        return str(ds.SOPClassUID) in self.sop_classes and _transfer_syntax(ds) in (None, *_UNCOMPRESSED)
+
+    def _new_ae(self, contexts: Sequence[tuple[str, list[str]]], *, network_timeout: float) -> Any:
+        from pynetdicom import AE
+
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = self.timeout
         ae.dimse_timeout = self.timeout
-        ae.network_timeout = self.timeout
+        ae.network_timeout = network_timeout
         ae.connection_timeout = self.timeout
-        transfer = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        if getattr(ds, "file_meta", None) is not None and ds.file_meta.get("TransferSyntaxUID") not in (
-            None,
-            *transfer,
-        ):
-            transfer.insert(0, ds.file_meta.TransferSyntaxUID)
-        ae.add_requested_context(ds.SOPClassUID, transfer)
-        started = time.monotonic()
+        for sop_class, transfer in contexts:
+            ae.add_requested_context(sop_class, transfer)
+        return ae
+
+    def _associate(self, ae: Any) -> tuple[Any, SendOutcome | None]:
+        """``(association, None)``, or ``(None, outcome)`` when none could be established."""
+        self._connecting_since = time.monotonic()
         try:
             assoc = ae.associate(self.host, self.port, ae_title=self.called_ae)
         except OSError as exc:  # pragma: no cover - pynetdicom normally reports via the assoc state
-            return self._log(SendOutcome.retry(f"connection failed: {type(exc).__name__}"), sop_hash)
+            return None, SendOutcome.retry(f"connection failed: {type(exc).__name__}")
+        finally:
+            self._connecting_since = None
         if assoc.is_rejected:
-            return self._log(SendOutcome.retry("association rejected"), sop_hash)
+            return None, SendOutcome.retry("association rejected")
         if not assoc.is_established:
-            return self._log(
-                SendOutcome.retry("association not established (refused, aborted or timed out)"), sop_hash
-            )
+            return None, SendOutcome.retry("association not established (refused, aborted or timed out)")
+        self.associations += 1
+        _no_delay(assoc)
+        return assoc, None
+
+    def _store_once(self, ds: Dataset) -> SendOutcome:
+        """C-STORE on an association of its own, released afterwards."""
+        transfer: list[str] = list(_UNCOMPRESSED)
+        syntax = _transfer_syntax(ds)
+        if syntax is not None and syntax not in transfer:
+            transfer.insert(0, syntax)
+        assoc, failure = self._associate(
+            self._new_ae([(ds.SOPClassUID, transfer)], network_timeout=self.timeout)
+        )
+        if failure is not None:
+            return failure
         try:
             try:
                 status = assoc.send_c_store(ds)
             except ValueError as exc:
                 # No accepted presentation context for this SOP class / transfer syntax.
-                return self._log(SendOutcome.permanent(f"not accepted by peer: {exc}"), sop_hash)
+                return SendOutcome.permanent(f"not accepted by peer: {exc}")
             except (RuntimeError, OSError) as exc:
-                return self._log(SendOutcome.retry(f"association failed: {type(exc).__name__}"), sop_hash)
+                return SendOutcome.retry(f"association failed: {type(exc).__name__}")
         finally:
             if assoc.is_established:
                 assoc.release()
+        return self._status_outcome(status)
+
+    def _store_kept(self, ds: Dataset, sop_hash: str) -> SendOutcome:
+        """C-STORE on the kept association (opened, or replaced once when found dead)."""
+        for attempt in (1, 2):
+            assoc = self._assoc
+            if assoc is not None and (not assoc.is_established or self._idle_expired()):
+                self._drop_connection(graceful=True)
+                assoc = None
+            reused = assoc is not None
+            if assoc is None:
+                if self._kept_ae is None:
+                    self._kept_ae = self._new_ae(
+                        [(sop_class, list(_UNCOMPRESSED)) for sop_class in self.sop_classes],
+                        network_timeout=self.timeout + self.keep_open_s,  # our idle close comes first
+                    )
+                assoc, failure = self._associate(self._kept_ae)
+                if failure is not None:
+                    return failure
+                self._assoc = assoc
+            sent_at = time.monotonic()
+            try:
+                status = assoc.send_c_store(ds)
+            except ValueError:
+                # Not accepted on the kept association (raised before anything was sent). Released rather
+                # than kept, for peers that serve one association at a time; the next object reopens it.
+                self._drop_connection(graceful=True)
+                return self._store_once(ds)
+            except (RuntimeError, OSError) as exc:
+                self._drop_connection(graceful=False)
+                if reused and attempt == 1:
+                    self._log_reconnect(sop_hash, type(exc).__name__)
+                    continue
+                return SendOutcome.retry(f"association failed: {type(exc).__name__}")
+            if status and "Status" in status:
+                self._kept()
+                return self._status_outcome(status)
+            # No response. pynetdicom aborts by itself (``_sent_abort``) on a DIMSE timeout or an invalid
+            # response; otherwise the peer released/aborted or the connection closed before any response.
+            peer_ended = not getattr(assoc, "_sent_abort", True) and time.monotonic() - sent_at < self.timeout
+            self._drop_connection(graceful=False)
+            if reused and attempt == 1 and peer_ended:
+                self._log_reconnect(sop_hash, "closed by the peer")
+                continue
+            return self._status_outcome(status)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _log_reconnect(self, sop_hash: str, why: str) -> None:
+        logger.info(
+            "C-STORE sop=%s: kept association to %s:%d %s is gone (%s); sending on a new one",
+            sop_hash,
+            self.host,
+            self.port,
+            self.called_ae,
+            why,
+        )
+
+    def _has_connection(self) -> bool:
+        return self._assoc is not None
+
+    def _drop_connection(self, *, graceful: bool = True) -> None:
+        """Release (``graceful``, when still established) or abort the kept association."""
+        assoc, self._assoc = self._assoc, None
+        if assoc is None:
+            return
+        try:
+            if graceful and assoc.is_established:
+                assoc.release()
+            elif assoc.is_established or assoc.is_alive():
+                assoc.abort()
+        except Exception:  # noqa: BLE001 - the association is dropped either way
+            logger.debug("%r: closing the association failed", self, exc_info=True)
+
+    def _status_outcome(self, status: Dataset | None) -> SendOutcome:
         if not status or "Status" not in status:
-            return self._log(
-                SendOutcome.retry("no C-STORE response (timeout or aborted association)"), sop_hash
-            )
-        outcome = self.classify(int(status.Status), comment=str(status.get("ErrorComment", "")))
-        logger.debug("C-STORE sop=%s took %.3f s", sop_hash, time.monotonic() - started)
-        return self._log(outcome, sop_hash)
+            return SendOutcome.retry("no C-STORE response (timeout or aborted association)")
+        return self.classify(int(status.Status), comment=str(status.get("ErrorComment", "")))
 
     def classify(self, status: int, *, comment: str = "") -> SendOutcome:
         """Classify a C-STORE response status (see the module docstring)."""
@@ -255,6 +541,14 @@ class DicomStoreSender:
         return outcome
 
 
+def _no_delay(assoc: Any) -> None:
+    """Turn Nagle off on an association's socket. pynetdicom writes a C-STORE as a command PDU followed by
+    data PDUs; with Nagle on, each data PDU waits for the ACK of the one before, which a peer that delays
+    its ACKs (Linux: up to 40 ms) holds back on every object."""
+    with contextlib.suppress(AttributeError, OSError):
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _as_dataset(payload: bytes | Dataset) -> Dataset:
     if isinstance(payload, Dataset):
         ds = payload
@@ -270,6 +564,11 @@ def _as_dataset(payload: bytes | Dataset) -> Dataset:
     return ds
 
 
+def _transfer_syntax(ds: Dataset) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    return None if meta is None else meta.get("TransferSyntaxUID")
+
+
 # -- MLLP -----------------------------------------------------------------------------------------------
 
 
@@ -280,10 +579,17 @@ def mllp_frame(message: bytes) -> bytes:
     return MLLP_START + message + MLLP_END
 
 
-def mllp_read_frame(sock: socket.socket, *, deadline: float, max_bytes: int = 16 * 1024 * 1024) -> bytes:
+def mllp_read_frame(
+    sock: socket.socket,
+    *,
+    deadline: float,
+    max_bytes: int = 16 * 1024 * 1024,
+    buffer: bytearray | None = None,
+) -> bytes:
     """Read one MLLP block from ``sock`` and return the message inside it.
 
-    Bytes before the start block are ignored; reading stops at the first ``0x1C 0x0D``.
+    Bytes before the start block are ignored; reading stops at the first ``0x1C 0x0D``. Pass ``buffer``
+    (empty) to see every byte read, also after an exception and including any after the end block.
 
     Raises
     ------
@@ -294,7 +600,7 @@ def mllp_read_frame(sock: socket.socket, *, deadline: float, max_bytes: int = 16
     ValueError
         The block exceeds ``max_bytes``.
     """
-    buf = bytearray()
+    buf = bytearray() if buffer is None else buffer
     while True:
         end = buf.find(MLLP_END)
         if end >= 0:
@@ -337,8 +643,15 @@ def parse_ack(message: bytes) -> tuple[str, str, str]:
     return code, control, detail
 
 
-class MllpSender:
-    """HL7 v2 client over MLLP: sends one message per connection and reads its acknowledgement.
+class MllpSender(_KeepOpen):
+    """HL7 v2 client over MLLP: sends a message and reads its acknowledgement.
+
+    With ``keep_open_s > 0`` the TCP connection stays open between :meth:`send` calls (MLLP carries any
+    number of messages per connection, one acknowledged at a time). A kept connection that the peer has
+    closed is replaced before sending; one that fails while sending or before any byte of the
+    acknowledgement arrived is replaced and the message sent again in the same call. After a timeout, an
+    unparsable acknowledgement or one for another message the connection is closed, never reused. It is
+    closed once idle for ``keep_open_s`` and on :meth:`close`.
 
     Parameters
     ----------
@@ -346,16 +659,30 @@ class MllpSender:
         The MLLP server.
     timeout:
         Seconds for connecting and, separately, for the whole acknowledgement to arrive.
+    keep_open_s:
+        Seconds an idle connection is kept for the next message; 0 (default) opens one per :meth:`send`.
+
+    Attributes
+    ----------
+    connections:
+        TCP connections opened so far.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 30.0, *, keep_open_s: float = 0.0) -> None:
         if not 1 <= int(port) <= 65535:
             raise ValueError("port must be in 1..65535")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
+        if not keep_open_s >= 0:
+            raise ValueError("keep_open_s must be >= 0")
         self.host = host
         self.port = int(port)
         self.timeout = float(timeout)
+        self.keep_open_s = float(keep_open_s)
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._last_used = 0.0
+        self._sock: socket.socket | None = None
 
     def __repr__(self) -> str:
         return f"MllpSender({self.host!r}, {self.port})"
@@ -382,33 +709,93 @@ class MllpSender:
             raise BuildError("MLLP payload must be HL7 ER7 bytes starting with MSH")
         message = bytes(payload)
         control_id = _control_id(message)
-        try:
-            with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
-                sock.sendall(mllp_frame(message))
-                reply = mllp_read_frame(sock, deadline=time.monotonic() + self.timeout)
-        except TimeoutError:
-            return self._log(SendOutcome.retry(f"no acknowledgement within {self.timeout:g} s"), control_id)
-        except ConnectionRefusedError:
-            return self._log(SendOutcome.retry("connection refused"), control_id)
-        except (ConnectionError, OSError, ValueError) as exc:
-            return self._log(SendOutcome.retry(f"connection failed: {type(exc).__name__}: {exc}"), control_id)
+        frame = mllp_frame(message)
+        with self._lock:
+            try:
+                reply = self._exchange(frame)
+            finally:
+                self._connecting_since = None
+            if isinstance(reply, SendOutcome):
+                return self._log(reply, control_id)
+            outcome, in_step = self._classify(reply, control_id)
+            if in_step and self.keep_open_s > 0:
+                self._kept()
+            else:
+                self._drop_connection()
+        return self._log(outcome, control_id)
+
+    def _exchange(self, frame: bytes) -> bytes | SendOutcome:
+        """Send ``frame`` and read one acknowledgement: its message, or the failure (connection closed).
+
+        An acknowledgement followed by more bytes closes the connection too (the stream is out of step).
+        """
+        for attempt in (1, 2):
+            sock = self._sock
+            if sock is not None and (self._idle_expired() or _closed_or_unexpected_data(sock)):
+                self._drop_connection()
+                sock = None
+            reused = sock is not None
+            received = bytearray()
+            try:
+                if sock is None:
+                    self._connecting_since = time.monotonic()
+                    sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                    self._sock = sock
+                    self.connections += 1
+                else:
+                    sock.settimeout(self.timeout)
+                sock.sendall(frame)
+                reply = mllp_read_frame(sock, deadline=time.monotonic() + self.timeout, buffer=received)
+            except TimeoutError:
+                self._drop_connection()
+                return SendOutcome.retry(f"no acknowledgement within {self.timeout:g} s")
+            except ConnectionRefusedError:
+                self._drop_connection()
+                return SendOutcome.retry("connection refused")
+            except (ConnectionError, OSError, ValueError) as exc:
+                self._drop_connection()
+                if reused and attempt == 1 and not received and isinstance(exc, OSError):
+                    logger.info(
+                        "MLLP to %s:%d: kept connection is gone (%s); sending on a new one",
+                        self.host,
+                        self.port,
+                        type(exc).__name__,
+                    )
+                    continue
+                return SendOutcome.retry(f"connection failed: {type(exc).__name__}: {exc}")
+            if len(received) > received.find(MLLP_END) + len(MLLP_END):
+                self._drop_connection()
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _classify(self, reply: bytes, control_id: str) -> tuple[SendOutcome, bool]:
+        """The outcome of ``reply``, and whether it answered our message (the connection may be reused)."""
         try:
             code, echoed, detail = parse_ack(reply)
         except ValueError as exc:
-            return self._log(SendOutcome.retry(f"unparsable acknowledgement: {exc}"), control_id)
+            return SendOutcome.retry(f"unparsable acknowledgement: {exc}"), False
+        in_step = echoed == control_id
         text = f"MSA {code}" + (f": {detail[:80]}" if detail else "")
         if code in ("AA", "CA"):
-            if echoed != control_id:
-                return self._log(
-                    SendOutcome.retry(f"{text} for another message (MSA-2 does not echo MSH-10)", code),
-                    control_id,
-                )
-            return self._log(SendOutcome.ok(text, code), control_id)
+            if not in_step:
+                return SendOutcome.retry(
+                    f"{text} for another message (MSA-2 does not echo MSH-10)", code
+                ), False
+            return SendOutcome.ok(text, code), True
         if code in ("AE", "CE"):
-            return self._log(SendOutcome.retry(text, code), control_id)
+            return SendOutcome.retry(text, code), in_step
         if code in ("AR", "CR"):
-            return self._log(SendOutcome.permanent(text, code), control_id)
-        return self._log(SendOutcome.retry(f"unknown acknowledgement code {code!r}", code), control_id)
+            return SendOutcome.permanent(text, code), in_step
+        return SendOutcome.retry(f"unknown acknowledgement code {code!r}", code), in_step
+
+    def _has_connection(self) -> bool:
+        return self._sock is not None
+
+    def _drop_connection(self, *, graceful: bool = True) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _log(self, outcome: SendOutcome, control_id: str) -> SendOutcome:
         logger.log(
@@ -422,6 +809,16 @@ class MllpSender:
             outcome.response,
         )
         return outcome
+
+
+def _closed_or_unexpected_data(sock: socket.socket) -> bool:
+    """True when an idle connection is readable: the peer closed it (or sent something unasked)."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 def _control_id(message: bytes) -> str:

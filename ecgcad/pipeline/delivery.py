@@ -5,7 +5,9 @@
 job is retried by the queue with exponential backoff and jitter. Refused for good, or out of attempts → the
 row is ``failed`` (the dead letter) with the last response. A row already ``sent`` is never sent again,
 so a duplicate job or a duplicate acknowledgement does not deliver twice. Each destination and each result
-has its own jobs: one failing destination never blocks another.
+has its own jobs: one failing destination never blocks another. Each attempt borrows its sender from the
+context's :class:`SenderPool`, so an association or MLLP connection kept open (``keep_open_s``) carries the
+next object to the same destination.
 
 ``rescore`` jobs (payload ``{"ecg_id", "requested_by"}``) score an ECG again as a new result version; its
 deliveries go out as corrections (ORU ``C``, SR with PredecessorDocumentsSequence).
@@ -13,8 +15,11 @@ deliveries go out as corrections (ORU ``C``, SR with PredecessorDocumentsSequenc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func, select
@@ -31,20 +36,170 @@ from ecgcad.pipeline.reports import build_report_input
 logger = logging.getLogger(__name__)
 
 
-def make_sender(ctx: Any, dest: DestinationSettings) -> Sender:
-    """The sender for one destination (tests replace this through ``ctx.sender_factory``)."""
-    factory = getattr(ctx, "sender_factory", None)
-    if factory is not None:
-        return factory(dest)  # type: ignore[no-any-return]
+def build_sender(dest: DestinationSettings, *, calling_ae: str) -> DicomStoreSender | MllpSender:
+    """A new sender for ``dest``, keeping its connection open for ``dest.keep_open_s``."""
     if dest.kind == "dicom":
         return DicomStoreSender(
             dest.host,
             dest.port,
             dest.ae_title,
-            calling_ae=ctx.settings.dicom.ae_title,
+            calling_ae=calling_ae,
             timeout=dest.timeout_s,
+            keep_open_s=dest.keep_open_s,
         )
-    return MllpSender(dest.host, dest.port, timeout=dest.timeout_s)
+    return MllpSender(dest.host, dest.port, timeout=dest.timeout_s, keep_open_s=dest.keep_open_s)
+
+
+def _close_sender(sender: Sender) -> None:
+    close = getattr(sender, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            logger.warning("closing %r failed", sender, exc_info=True)
+
+
+class SenderPool:
+    """Senders kept per destination, lent to one delivery attempt at a time, so that their open
+    association / TCP connection carries the next object.
+
+    :meth:`checkout` lends an idle sender of the destination (the most recently returned one with an open
+    connection, so that the others idle out) or builds a new one; it comes back when the attempt is done.
+    A sender serves one thread at a time; several delivery threads may each hold one of the same
+    destination, each with its own connection. A sender returned while another sender of its destination
+    is still setting up a connection closes its own: a peer that serves one association or connection at
+    a time (dcmtk ``storescp`` without ``--fork``, many interface engines) would otherwise hold the other
+    off for as long as ours stays open. A destination whose settings changed gets new senders (the old
+    ones are closed). :meth:`close` closes every idle sender, and a sender returned afterwards is closed
+    instead of kept. Connections close by themselves once idle for the destination's ``keep_open_s``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[str, tuple[tuple[Any, ...], list[Sender]]] = {}
+        self._lent: dict[str, list[Sender]] = {}
+        self._closed = False
+
+    @staticmethod
+    def _key(dest: DestinationSettings, calling_ae: str) -> tuple[Any, ...]:
+        return (
+            dest.kind,
+            dest.host,
+            dest.port,
+            dest.ae_title,
+            dest.timeout_s,
+            dest.keep_open_s,
+            calling_ae,
+        )
+
+    @contextlib.contextmanager
+    def checkout(self, dest: DestinationSettings, *, calling_ae: str) -> Iterator[Sender]:
+        """Lend a sender for ``dest`` for the duration of the ``with`` block.
+
+        Parameters
+        ----------
+        dest:
+            The destination.
+        calling_ae:
+            Our AE title (DICOM destinations).
+
+        Yields
+        ------
+        Sender
+            Used by the calling thread only, until the block ends.
+        """
+        key = self._key(dest, calling_ae)
+        sender: Sender | None = None
+        stale: list[Sender] = []
+        with self._lock:
+            entry = self._idle.get(dest.name)
+            if entry is not None and entry[0] != key:
+                stale = entry[1]
+                del self._idle[dest.name]
+            elif entry is not None and entry[1]:
+                idle = entry[1]
+                connected = [i for i, s in enumerate(idle) if getattr(s, "is_open", False)]
+                sender = idle.pop(connected[-1] if connected else -1)
+        for old in stale:
+            _close_sender(old)
+        if sender is None:
+            sender = build_sender(dest, calling_ae=calling_ae)
+        with self._lock:
+            self._lent.setdefault(dest.name, []).append(sender)
+        try:
+            yield sender
+        finally:
+            self._give_back(dest.name, key, sender)
+
+    def _give_back(self, name: str, key: tuple[Any, ...], sender: Sender) -> None:
+        with self._lock:
+            lent = self._lent.get(name, [])
+            lent.remove(sender)
+            contended = any(getattr(other, "connecting", False) for other in lent)
+        if contended and getattr(sender, "is_open", False):
+            logger.debug("%r: another sender is connecting to the same destination; closing ours", sender)
+            _close_sender(sender)
+        with self._lock:
+            if not self._closed:
+                entry = self._idle.setdefault(name, (key, []))
+                if entry[0] == key:
+                    entry[1].append(sender)
+                    return
+        _close_sender(sender)  # pool closed, or the destination changed while it was out
+
+    def idle_count(self, name: str) -> int:
+        """Senders of destination ``name`` waiting in the pool."""
+        with self._lock:
+            entry = self._idle.get(name)
+            return len(entry[1]) if entry is not None else 0
+
+    def close(self) -> None:
+        """Close every idle sender; senders still lent out are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            senders = [sender for _, idle in self._idle.values() for sender in idle]
+            self._idle.clear()
+        for sender in senders:
+            _close_sender(sender)
+
+
+_POOL_LOCK = threading.Lock()
+
+
+def sender_pool(ctx: Any) -> SenderPool:
+    """The context's :class:`SenderPool` (created on first use; ``ctx.close()`` closes it)."""
+    pool = getattr(ctx, "sender_pool", None)
+    if pool is None:
+        with _POOL_LOCK:
+            pool = getattr(ctx, "sender_pool", None)
+            if pool is None:
+                pool = ctx.sender_pool = SenderPool()
+    return pool  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def checkout_sender(ctx: Any, dest: DestinationSettings) -> Iterator[Sender]:
+    """The sender for one attempt to ``dest``: lent from the context's pool for the ``with`` block.
+
+    Tests replace it through ``ctx.sender_factory`` (called for every attempt, nothing pooled or closed).
+    """
+    factory = getattr(ctx, "sender_factory", None)
+    if factory is not None:
+        yield factory(dest)
+        return
+    with sender_pool(ctx).checkout(dest, calling_ae=ctx.settings.dicom.ae_title) as sender:
+        yield sender
+
+
+def make_sender(ctx: Any, dest: DestinationSettings) -> Sender:
+    """A new sender of its own for ``dest`` (not pooled: the caller closes it); honours ``ctx.sender_factory``.
+
+    Deliveries use :func:`checkout_sender`.
+    """
+    factory = getattr(ctx, "sender_factory", None)
+    if factory is not None:
+        return factory(dest)  # type: ignore[no-any-return]
+    return build_sender(dest, calling_ae=ctx.settings.dicom.ae_title)
 
 
 def build_payload(
@@ -124,7 +279,8 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
             delivery.last_response = f"could not build {delivery.object_kind}: {exc}"[:2000]
             return SendOutcome.permanent(delivery.last_response)
     # The network call happens outside any transaction: the database is never held while a peer is slow.
-    outcome = make_sender(ctx, dest).send(payload)
+    with checkout_sender(ctx, dest) as sender:
+        outcome = sender.send(payload)
     with ctx.db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
@@ -357,4 +513,14 @@ def next_result_version(session: Any, ecg_id: int) -> int:
     return int(current or 0) + 1
 
 
-__all__ = ["attempt_delivery", "build_payload", "make_deliver_handler", "make_rescore_handler", "make_sender"]
+__all__ = [
+    "SenderPool",
+    "attempt_delivery",
+    "build_payload",
+    "build_sender",
+    "checkout_sender",
+    "make_deliver_handler",
+    "make_rescore_handler",
+    "make_sender",
+    "sender_pool",
+]

@@ -10,14 +10,18 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from copy import deepcopy
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from ecgcad.errors import DeliveryError, PermanentDeliveryError
 from ecgcad.integration.oru import build_oru
+from ecgcad.integration.pdf import build_encapsulated_pdf
 from ecgcad.integration.senders import (
+    STORE_SOP_CLASSES,
     DicomStoreSender,
     MllpSender,
     Sender,
@@ -27,6 +31,7 @@ from ecgcad.integration.senders import (
 )
 from ecgcad.integration.sr import build_stenosis_sr
 from ecgcad.testing.fake_senders import FakeSender, RefusingSender, RetryingSender
+from tests.peers import wait_for
 from tests.results.conftest import make_input, tool
 
 
@@ -53,10 +58,11 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     out = tmp_path / "received"
     out.mkdir()
     port = _free_port()
+    log = (tmp_path / "storescp.log").open("wb")
     proc = subprocess.Popen(
-        [exe, "-od", str(out), "-aet", "PACS", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [exe, "-v", "-od", str(out), "-aet", "PACS", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         _wait_listening(port, proc)
@@ -64,6 +70,12 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        log.close()
+
+
+def _scp_log(out: Path) -> str:
+    """What the ``storescp`` fixture logged so far (``-v``: one "Association Acknowledged" per association)."""
+    return (out.parent / "storescp.log").read_text(errors="replace")
 
 
 def test_cstore_to_storescp_is_delivered_and_the_file_lands(storescp, ecg_dataset, ecg_bytes, caplog):
@@ -127,11 +139,19 @@ def test_cstore_warning_is_delivered_only_when_accepted():
 
 
 class MllpSink:
-    """An asyncio MLLP server in a thread that answers each message with a scripted acknowledgement."""
+    """An asyncio MLLP server in a thread that answers each message with a scripted acknowledgement.
 
-    def __init__(self, mode: str) -> None:
+    ``per_connection`` messages are answered on a connection before the sink closes it (``None``: keep it
+    until the client closes). ``drop_next`` closes the connection after reading the next message, unanswered.
+    """
+
+    def __init__(self, mode: str, *, per_connection: int | None = 1) -> None:
         self.mode = mode
+        self.per_connection = per_connection
+        self.drop_next = False
         self.received: list[bytes] = []
+        self.connections = 0
+        self.closed = 0
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -146,29 +166,42 @@ class MllpSink:
         self.loop.run_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        answered = 0
         try:
-            data = await reader.readuntil(b"\x1c\x0d")
-            message = data[data.index(b"\x0b") + 1 : -2]
-            self.received.append(message)
-            if self.mode == "none":
-                await reader.read()  # never answer; wait until the client gives up and closes
-                return
-            control = message.split(b"\r")[0].split(b"|")[9]
-            if self.mode == "wrong-id":
-                control = b"OTHER"
-            code = self.mode.encode()
-            ack = (
-                b"MSH|^~\\&|EHR||ECGCAD||20240101||ACK^R01^ACK|A1|P|2.5.1\rMSA|"
-                + code
-                + b"|"
-                + control
-                + b"\r"
-            )
-            if code in (b"AE", b"AR"):
-                ack += b"ERR|||207^Application internal error^HL70357|E\r"
-            writer.write(b"garbage-before-start" + mllp_frame(ack))
-            await writer.drain()
+            while self.per_connection is None or answered < self.per_connection:
+                try:
+                    data = await reader.readuntil(b"\x1c\x0d")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the client closed the connection
+                message = data[data.index(b"\x0b") + 1 : -2]
+                self.received.append(message)
+                if self.drop_next:
+                    self.drop_next = False
+                    return
+                if self.mode == "none":
+                    await reader.read()  # never answer; wait until the client gives up and closes
+                    return
+                control = message.split(b"\r")[0].split(b"|")[9]
+                if self.mode == "wrong-id":
+                    control = b"OTHER"
+                code = self.mode.encode()
+                ack = (
+                    b"MSH|^~\\&|EHR||ECGCAD||20240101||ACK^R01^ACK|A1|P|2.5.1\rMSA|"
+                    + code
+                    + b"|"
+                    + control
+                    + b"\r"
+                )
+                if code in (b"AE", b"AR"):
+                    ack += b"ERR|||207^Application internal error^HL70357|E\r"
+                writer.write(b"garbage-before-start" + mllp_frame(ack))
+                await writer.drain()
+                answered += 1
+        except asyncio.CancelledError:
+            return  # the sink is closing while a client still holds its connection open
         finally:
+            self.closed += 1
             writer.close()
 
     def close(self) -> None:
@@ -251,3 +284,389 @@ def test_fake_senders_record_and_replay_scripts():
     assert RetryingSender().send(b"x").retryable
     refused = RefusingSender().send(b"x")
     assert not refused.delivered and not refused.retryable
+
+
+# -- Kept-open connections -------------------------------------------------------------------------------
+
+
+def _copies(ds: pydicom.Dataset, n: int) -> list[pydicom.Dataset]:
+    """``n`` copies of ``ds``, each with its own SOP Instance UID (so each lands as its own file)."""
+    out = []
+    for _ in range(n):
+        copy = deepcopy(ds)
+        copy.SOPInstanceUID = generate_uid()
+        copy.file_meta.MediaStorageSOPInstanceUID = copy.SOPInstanceUID
+        out.append(copy)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sr(ecg_dataset, ecg_bytes) -> pydicom.Dataset:
+    return build_stenosis_sr(make_input(ecg_dataset, ecg_bytes))
+
+
+def test_store_sop_classes_are_the_ones_delivery_builds():
+    from ecgcad.integration.pdf import ENCAPSULATED_PDF_STORAGE
+    from ecgcad.integration.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR
+
+    assert set(STORE_SOP_CLASSES) == {COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR, ENCAPSULATED_PDF_STORAGE}
+
+
+def test_kept_association_carries_sr_and_pdf_objects_and_close_releases_it(
+    storescp, sr, ecg_dataset, ecg_bytes
+):
+    port, out = storescp
+    pdf = build_encapsulated_pdf(make_input(ecg_dataset, ecg_bytes), b"%PDF-1.4\n%%EOF\n")
+    objects = [*_copies(sr, 3), pdf]
+    sender = DicomStoreSender("127.0.0.1", port, called_ae="PACS", timeout=10, keep_open_s=30)
+    outcomes = [sender.send(obj) for obj in objects]
+    assert outcomes == [SendOutcome.ok("status 0x0000", 0)] * 4
+    assert len(list(out.iterdir())) == 4
+    assert _scp_log(out).count("Association Acknowledged") == 1 and sender.associations == 1
+    assert "Association Release" not in _scp_log(out)  # still open for the next object
+    sender.close()
+    wait_for(lambda: "Association Release" in _scp_log(out), 2, "storescp to see the release")
+    assert sender.send(_copies(sr, 1)[0]).delivered  # a closed sender opens a new association
+    assert _scp_log(out).count("Association Acknowledged") == 2
+    sender.close()
+
+
+def test_association_socket_sends_without_nagle_delay(pyscp, sr):
+    # A C-STORE is a command PDU then data PDUs: with Nagle on, the data waits for the peer's (delayed) ACK.
+    with DicomStoreSender("127.0.0.1", pyscp.port, called_ae="PACS", timeout=5, keep_open_s=30) as sender:
+        assert sender.send(sr).delivered
+        raw = sender._assoc.dul.socket.socket
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_keep_open_zero_opens_one_association_per_object(storescp, sr):
+    port, out = storescp
+    sender = DicomStoreSender("127.0.0.1", port, called_ae="PACS", timeout=10, keep_open_s=0)
+    assert all(sender.send(obj).delivered for obj in _copies(sr, 3))
+    log = _scp_log(out)
+    assert log.count("Association Acknowledged") == 3 and sender.associations == 3
+    wait_for(lambda: _scp_log(out).count("Association Release") == 3, 2, "three releases")
+
+
+def test_other_sop_class_gets_an_association_of_its_own(storescp, sr, ecg_bytes):
+    port, out = storescp  # storescp serves one association at a time
+    with DicomStoreSender("127.0.0.1", port, called_ae="PACS", timeout=5, keep_open_s=30) as sender:
+        first, second, third = _copies(sr, 3)
+        outcomes = [sender.send(obj) for obj in (first, second, ecg_bytes, third)]
+        assert outcomes == [SendOutcome.ok("status 0x0000", 0)] * 4
+        # The 12-lead ECG is not a class requested up front: the kept association is released first (a peer
+        # like this one would not answer a second one), the ECG goes on one of its own, then a new kept one.
+        assert _scp_log(out).count("Association Acknowledged") == 3 and sender.associations == 3
+        assert _scp_log(out).count("Association Release") == 2
+    wait_for(lambda: _scp_log(out).count("Association Release") == 3, 2, "the last release")
+    assert len(list(out.iterdir())) == 4
+
+
+def test_idle_association_is_released_after_keep_open_s(storescp, sr):
+    port, out = storescp
+    sender = DicomStoreSender("127.0.0.1", port, called_ae="PACS", timeout=10, keep_open_s=0.3)
+    assert sender.send(sr).delivered
+    wait_for(lambda: "Association Release" in _scp_log(out), 2, "the idle association to be released")
+    assert sender.send(sr).delivered
+    assert sender.associations == 2
+
+
+class StorageScp:
+    """A pynetdicom Storage SCP counting associations (established, released by us), answering scripted
+    C-STORE statuses (0x0000 when none is left)."""
+
+    def __init__(self) -> None:
+        from pynetdicom import AE, evt
+
+        self.established = 0
+        self.released = 0
+        self.stored: list[str] = []
+        self.statuses: list[int] = []
+        self.hold = threading.Event()
+        self.hold_next = False
+        ae = AE(ae_title="PACS")
+        for sop_class in STORE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.port = _free_port()
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_ESTABLISHED, self._established),
+                (evt.EVT_RELEASED, self._released),
+                (evt.EVT_C_STORE, self._store),
+            ],
+        )
+
+    def _established(self, event: object) -> None:
+        self.established += 1
+
+    def _released(self, event: object) -> None:
+        self.released += 1
+
+    def _store(self, event: object) -> int:
+        self.stored.append(str(event.request.AffectedSOPInstanceUID))  # type: ignore[attr-defined]
+        if self.hold_next:
+            self.hold_next = False
+            self.hold.wait(2)  # answer late (after the sender's DIMSE timeout)
+        return self.statuses.pop(0) if self.statuses else 0x0000
+
+    def associations(self) -> list[object]:
+        return list(self.server.active_associations)
+
+    def close(self) -> None:
+        self.hold.set()
+        self.server.shutdown()
+
+
+@pytest.fixture
+def pyscp() -> Iterator[StorageScp]:
+    scp = StorageScp()
+    try:
+        yield scp
+    finally:
+        scp.close()
+
+
+def test_kept_association_keeps_the_status_classification(pyscp, sr):
+    statuses = [0x0000, 0xA700, 0xB000, 0x0122, 0xC000, 0xFE00, 0x0000]
+    pyscp.statuses = list(statuses)
+    with DicomStoreSender("127.0.0.1", pyscp.port, called_ae="PACS", timeout=5, keep_open_s=30) as sender:
+        outcomes = [sender.send(obj) for obj in _copies(sr, len(statuses))]
+    assert outcomes == [sender.classify(status) for status in statuses]
+    assert [(o.delivered, o.retryable) for o in outcomes] == [
+        (True, False),
+        (False, True),
+        (False, False),
+        (False, False),
+        (False, False),
+        (False, True),
+        (True, False),
+    ]
+    assert pyscp.established == 1  # failure statuses leave the association usable
+
+
+@pytest.mark.parametrize("how", ["release", "abort"])
+def test_association_ended_by_the_peer_while_idle_is_replaced(pyscp, sr, how):
+    sender = DicomStoreSender("127.0.0.1", pyscp.port, called_ae="PACS", timeout=5, keep_open_s=30)
+    first, second = _copies(sr, 2)
+    assert sender.send(first).delivered
+    (assoc,) = pyscp.associations()
+    getattr(assoc, how)()
+    wait_for(lambda: not pyscp.associations(), 2, "the peer to end the association")
+    assert sender.send(second) == SendOutcome.ok("status 0x0000", 0)
+    assert pyscp.established == 2 and pyscp.stored == [first.SOPInstanceUID, second.SOPInstanceUID]
+    sender.close()
+
+
+def test_no_response_on_a_kept_association_is_not_resent_and_the_association_is_dropped(pyscp, sr):
+    sender = DicomStoreSender("127.0.0.1", pyscp.port, called_ae="PACS", timeout=0.5, keep_open_s=30)
+    first, late, third = _copies(sr, 3)
+    assert sender.send(first).delivered
+    pyscp.hold_next = True
+    outcome = sender.send(late)
+    assert outcome == SendOutcome.retry("no C-STORE response (timeout or aborted association)")
+    assert pyscp.stored == [first.SOPInstanceUID, late.SOPInstanceUID]  # sent once, not again
+    pyscp.hold.set()
+    assert sender.send(third).delivered
+    assert pyscp.established == 2  # the timed-out association was aborted, not reused
+    sender.close()
+
+
+class CuttingProxy:
+    """A TCP relay to a real peer whose connections can be cut the way a peer that died (or a firewall that
+    forgot the connection) cuts them: the peer's side closes; ours stays open until we send, then closes
+    unanswered."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pairs: list[dict[str, object]] = []
+        self.unanswered = 0  # bytes our side sent on cut connections
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            pair: dict[str, object] = {"client": client, "upstream": upstream, "cut": False}
+            self.pairs.append(pair)
+            threading.Thread(target=self._up, args=(pair,), daemon=True).start()
+            threading.Thread(target=self._down, args=(pair,), daemon=True).start()
+
+    def _up(self, pair: dict[str, object]) -> None:
+        client, upstream = pair["client"], pair["upstream"]
+        assert isinstance(client, socket.socket) and isinstance(upstream, socket.socket)
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if pair["cut"]:
+                    self.unanswered += len(data)
+                    break
+                upstream.sendall(data)
+        client.close()
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+
+    def _down(self, pair: dict[str, object]) -> None:
+        client, upstream = pair["client"], pair["upstream"]
+        assert isinstance(client, socket.socket) and isinstance(upstream, socket.socket)
+        with contextlib.suppress(OSError):
+            while (data := upstream.recv(65536)) and not pair["cut"]:
+                client.sendall(data)
+        if not pair["cut"]:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        for pair in self.pairs:
+            pair["cut"] = True
+            upstream = pair["upstream"]
+            assert isinstance(upstream, socket.socket)
+            with contextlib.suppress(OSError):
+                upstream.shutdown(socket.SHUT_RDWR)
+            upstream.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        for pair in self.pairs:
+            for key in ("client", "upstream"):
+                sock = pair[key]
+                assert isinstance(sock, socket.socket)
+                sock.close()
+
+
+def test_association_dead_at_send_time_is_replaced_and_the_object_sent_again(storescp, sr):
+    port, out = storescp
+    proxy = CuttingProxy(port)
+    sender = DicomStoreSender("127.0.0.1", proxy.port, called_ae="PACS", timeout=5, keep_open_s=30)
+    try:
+        first, second = _copies(sr, 2)
+        assert sender.send(first).delivered
+        proxy.cut()
+        started = time.monotonic()
+        outcome = sender.send(second)
+        assert outcome == SendOutcome.ok("status 0x0000", 0)
+        assert time.monotonic() - started < 3  # not a timeout: the dead connection failed at once
+        assert proxy.unanswered > 0  # the C-STORE did go out on the dead association first
+        assert sender.associations == 2 and _scp_log(out).count("Association Acknowledged") == 2
+        stored = {p.name.split(".", 1)[1] for p in out.iterdir()}  # storescp names files "SRc.<uid>"
+        assert stored == {first.SOPInstanceUID, second.SOPInstanceUID}
+    finally:
+        sender.close()
+        proxy.close()
+
+
+def _with_control_id(message: bytes, control_id: str) -> bytes:
+    msh, rest = message.split(b"\r", 1)
+    fields = msh.split(b"|")
+    fields[9] = control_id.encode()
+    return b"|".join(fields) + b"\r" + rest
+
+
+@pytest.mark.parametrize(
+    ("mode", "delivered", "retryable", "connections"),
+    [
+        ("AA", True, False, 1),
+        ("AE", False, True, 1),
+        ("AR", False, False, 1),
+        ("wrong-id", False, True, 2),  # out of step: the connection is not reused
+    ],
+)
+def test_mllp_kept_connection_keeps_the_classification(oru, mode, delivered, retryable, connections):
+    sink = MllpSink(mode, per_connection=None)
+    try:
+        with MllpSender("127.0.0.1", sink.port, timeout=5, keep_open_s=30) as sender:
+            outcomes = [sender.send(_with_control_id(oru, f"K{i}")) for i in range(2)]
+    finally:
+        sink.close()
+    assert [(o.delivered, o.retryable) for o in outcomes] == [(delivered, retryable)] * 2, outcomes
+    assert sink.connections == connections and len(sink.received) == 2
+
+
+def test_mllp_kept_connection_carries_several_messages_and_close_releases_it(oru):
+    sink = MllpSink("AA", per_connection=None)
+    try:
+        sender = MllpSender("127.0.0.1", sink.port, timeout=5, keep_open_s=30)
+        messages = [_with_control_id(oru, f"K{i}") for i in range(5)]
+        outcomes = [sender.send(m) for m in messages]
+        assert [o.status for o in outcomes] == ["AA"] * 5 and all(o.delivered for o in outcomes)
+        assert sink.received == messages
+        assert sink.connections == 1 and sender.connections == 1 and sink.closed == 0
+        sender.close()
+        wait_for(lambda: sink.closed == 1, 2, "the sink to see the connection closed")
+    finally:
+        sink.close()
+
+
+def test_mllp_keep_open_zero_opens_one_connection_per_message(oru):
+    sink = MllpSink("AA", per_connection=None)
+    try:
+        sender = MllpSender("127.0.0.1", sink.port, timeout=5, keep_open_s=0)
+        assert all(sender.send(_with_control_id(oru, f"K{i}")).delivered for i in range(3))
+        assert sink.connections == 3
+        wait_for(lambda: sink.closed == 3, 2, "every connection closed")
+    finally:
+        sink.close()
+
+
+def test_mllp_peer_closing_the_idle_connection_does_not_fail_the_next_message(oru, caplog):
+    sink = MllpSink("AA", per_connection=1)  # closes the connection after each acknowledgement
+    try:
+        sender = MllpSender("127.0.0.1", sink.port, timeout=5, keep_open_s=30)
+        for i in range(3):
+            with caplog.at_level(logging.INFO, logger="ecgcad"):
+                assert sender.send(_with_control_id(oru, f"K{i}")) == SendOutcome.ok("MSA AA", "AA")
+            wait_for(lambda i=i: sink.closed == i + 1, 2, "the sink to close the connection")
+        assert sink.connections == 3 and len(sink.received) == 3
+        assert "kept connection is gone" not in caplog.text  # seen closed before sending, not sent twice
+        sender.close()
+    finally:
+        sink.close()
+
+
+def test_mllp_connection_dead_at_send_time_is_replaced_and_the_message_sent_again(oru):
+    sink = MllpSink("AA", per_connection=None)
+    try:
+        sender = MllpSender("127.0.0.1", sink.port, timeout=5, keep_open_s=30)
+        first, second = _with_control_id(oru, "K1"), _with_control_id(oru, "K2")
+        assert sender.send(first).delivered
+        sink.drop_next = True  # reads the next message, then closes without an acknowledgement
+        assert sender.send(second) == SendOutcome.ok("MSA AA", "AA")
+        assert sink.received == [first, second, second] and sink.connections == 2
+        sender.close()
+    finally:
+        sink.close()
+
+
+def test_mllp_no_acknowledgement_on_a_kept_connection_is_not_resent(oru):
+    sink = MllpSink("AA", per_connection=None)
+    try:
+        sender = MllpSender("127.0.0.1", sink.port, timeout=0.5, keep_open_s=30)
+        assert sender.send(_with_control_id(oru, "K1")).delivered
+        sink.mode = "none"
+        outcome = sender.send(_with_control_id(oru, "K2"))
+        assert not outcome.delivered and outcome.retryable and "no acknowledgement" in outcome.response
+        assert len(sink.received) == 2
+        sink.mode = "AA"
+        assert sender.send(_with_control_id(oru, "K3")).delivered
+        assert sink.connections == 2  # the connection that timed out was closed, not reused
+        sender.close()
+    finally:
+        sink.close()
+
+
+def test_mllp_idle_connection_is_closed_after_keep_open_s(oru):
+    sink = MllpSink("AA", per_connection=None)
+    try:
+        sender = MllpSender("127.0.0.1", sink.port, timeout=5, keep_open_s=0.3)
+        assert sender.send(_with_control_id(oru, "K1")).delivered
+        wait_for(lambda: sink.closed == 1, 2, "the idle connection to be closed")
+        assert sender.send(_with_control_id(oru, "K2")).delivered
+        assert sink.connections == 2
+        sender.close()
+    finally:
+        sink.close()
