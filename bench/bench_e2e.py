@@ -180,7 +180,9 @@ port = {sink.port}
             raise SystemExit("ecgcad serve exited:\n" + (tmp / "serve.log").read_text()[-3000:])
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/readyz", timeout=2) as r:
-                return json.loads(r.read())["ready"] is True
+                body = json.loads(r.read())
+            # steady state is measured: wait for the model too (loaded in the background at start)
+            return body["ready"] is True and body["checks"].get("model_loaded") is True
         except OSError:
             return False
 
@@ -231,6 +233,9 @@ def main() -> None:
             acks = send(port, steady_sets, args.rate)
             done = completion(watcher, acks, 120)
             lat = sorted(done[p] - acks[p] for p in done)
+            if os.environ.get("BENCH_E2E_TRACE"):
+                print("latencies in send order:", [round(done[p] - acks[p], 3) for p in acks if p in done])
+                print("sr-oru:", [round(watcher.sr.get(p, 0) - watcher.oru.get(p, 0), 3) for p in acks])
             b_acks = send(port, burst_sets, None)
             b_done = completion(watcher, b_acks, 300)
         finally:

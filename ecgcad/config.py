@@ -233,9 +233,13 @@ class DestinationSettings(_Section):
     timeout_s: float = Field(30.0, gt=0, description="Seconds to wait for the peer's confirmation.")
     max_attempts: int = Field(10, ge=1, description="Attempts before the delivery is failed (dead letter).")
     keep_open_s: float = Field(
-        10.0,
+        1.0,
         ge=0,
-        description="Seconds an idle connection to this destination is kept open for the next object; 0 opens one per object.",
+        description=(
+            "Seconds an idle connection to this destination is kept open for the next object; 0 opens one per "
+            "object. Keep it short for a peer that serves one association at a time (dcmtk storescp) when "
+            "several delivery processes send to it: the others wait while it is held."
+        ),
     )
     tls: bool = False
     enabled: bool = True

@@ -83,9 +83,10 @@ class Service:
             logger.warning("dicom.allowed_calling_aets is empty: any calling AE may store to this service")
         if "worker" in self.roles:
             from ecgcad.jobs.worker import Worker
-            from ecgcad.pipeline.handlers import register_handlers, warm_up
+            from ecgcad.pipeline.handlers import preload_model, register_handlers, warm_up
 
             warm_up()
+            preload_model(ctx)
             worker = Worker(ctx.queue)
             register_handlers(ctx, worker, exclude={"deliver"})
             wakers = [worker.wake]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -45,10 +46,13 @@ class StoreScp:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        # TCP_NODELAY=1: without it dcmtk holds back the second part of each response for the peer's
+        # delayed ACK (~40 ms per C-STORE), a property of the tool, not of the sender under test.
         self.proc = subprocess.Popen(
             ["storescp", "-aet", ae_title, "-od", str(folder), "--accept-all", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "TCP_NODELAY": "1"},
         )
         wait_port(self.port)
 

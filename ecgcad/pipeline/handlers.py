@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -55,13 +56,39 @@ def register_handlers(
 def warm_up() -> None:
     """Import the heavy builders now, so that the first result is not delayed by imports (seconds)."""
     for name in (
+        "scipy.signal",
+        "scipy.ndimage",
+        "ecgcad.integration.readers",
+        "ecgcad.integration.gate",
+        "ecgcad.model.preprocess",
         "highdicom",
         "ecgcad.integration.sr",
         "ecgcad.integration.oru",
         "ecgcad.integration.pdf",
+        "ecgcad.integration.senders",
+        "pynetdicom",
         "matplotlib.pyplot",
     ):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - warm-up is best effort
             logger.debug("warm-up import of %s failed", name, exc_info=True)
+
+
+def preload_model(ctx: Any) -> threading.Thread:
+    """Load (and warm up) the scoring model in the background, so that the first ECG does not wait for it.
+
+    The listeners accept and store meanwhile; a model that cannot be loaded is logged here and reported by
+    readiness once scoring tries it (``checks.model_error``).
+    """
+
+    def load() -> None:
+        try:
+            ctx.get_predictor()
+            logger.info("model loaded and warmed up")
+        except Exception as exc:  # noqa: BLE001 - scoring reports it; the service keeps accepting
+            logger.warning("model could not be loaded at start: %s", type(exc).__name__)
+
+    thread = threading.Thread(target=load, name="model-preload", daemon=True)
+    thread.start()
+    return thread
