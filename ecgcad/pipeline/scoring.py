@@ -94,11 +94,13 @@ def prepare(ctx: Any, session: Session, ecg: EcgRecord) -> _Prepared:
         first = verdict.reasons[0]
         prep.reason = (first.code, "; ".join(r.text for r in verdict.reasons))
         return prep
-    try:
-        window = canonical_window(decoded, ctx.settings.gate.window_policy)
-    except NotScorableError as exc:
-        prep.reason = ("too_short", str(exc))
-        return prep
+    window = verdict.window  # the gate's window: the ECG is resampled once
+    if window is None:
+        try:
+            window = canonical_window(decoded, ctx.settings.gate.window_policy)
+        except NotScorableError as exc:
+            prep.reason = ("too_short", str(exc))
+            return prep
     prep.signal = np.nan_to_num(np.asarray(window.signal, dtype=np.float32), nan=0.0)
     prep.window = {
         "policy": window.policy,
