@@ -41,13 +41,16 @@ import logging
 import os
 import select
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset, read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ecgcad.errors import BuildError, DeliveryError, PermanentDeliveryError
@@ -286,6 +289,11 @@ class DicomStoreSender(_KeepOpen):
     DIMSE timeout or an invalid response the association is aborted, never reused. It is released once
     idle for ``keep_open_s`` and on :meth:`close`.
 
+    Part 10 bytes in Explicit VR Little Endian are not decoded: where the peer accepted their SOP class with
+    that transfer syntax, their data set goes out as encoded (pynetdicom sends it from a temporary file in a
+    private directory, removed when :meth:`send` returns); their SOP Instance UID, logged hashed, is the
+    file meta's Media Storage SOP Instance UID.
+
     Parameters
     ----------
     host, port:
@@ -350,6 +358,12 @@ class DicomStoreSender(_KeepOpen):
     def send(self, payload: bytes | Dataset) -> SendOutcome:
         """C-STORE ``payload`` (a dataset or DICOM Part 10 bytes).
 
+        Part 10 bytes in Explicit VR Little Endian (as :func:`ecgcad.integration.dicom_encode.encode_part10`
+        makes them) are read only as far as their file meta, and their data set is sent as it is encoded
+        wherever the peer accepted the SOP class with Explicit VR Little Endian; otherwise (other bytes, or a
+        peer that accepted only Implicit VR) they are decoded and pynetdicom encodes the dataset, as for a
+        dataset payload.
+
         Parameters
         ----------
         payload:
@@ -365,21 +379,24 @@ class DicomStoreSender(_KeepOpen):
         BuildError
             ``payload`` is not a readable DICOM object (our bug, not the peer's).
         """
-        ds = _as_dataset(payload)
-        sop_hash = uid_hash(str(ds.SOPInstanceUID))
+        obj = _StoreObject.of(payload)
+        sop_hash = uid_hash(obj.sop_instance_uid)
         started = time.monotonic()
-        with self._lock:
-            if self.keep_open_s > 0 and self._fits_kept(ds):
-                outcome = self._store_kept(ds, sop_hash)
-            else:
-                self._drop_connection(graceful=True)  # peers serving one association at a time
-                outcome = self._store_once(ds)
+        try:
+            with self._lock:
+                if self.keep_open_s > 0 and self._fits_kept(obj):
+                    outcome = self._store_kept(obj, sop_hash)
+                else:
+                    self._drop_connection(graceful=True)  # peers serving one association at a time
+                    outcome = self._store_once(obj)
+        finally:
+            obj.close()
         if outcome.status is not None:
             logger.debug("C-STORE sop=%s took %.3f s", sop_hash, time.monotonic() - started)
         return self._log(outcome, sop_hash)
 
-    def _fits_kept(self, ds: Dataset) -> bool:
-        return str(ds.SOPClassUID) in self.sop_classes and _transfer_syntax(ds) in (None, *_UNCOMPRESSED)
+    def _fits_kept(self, obj: _StoreObject) -> bool:
+        return obj.sop_class_uid in self.sop_classes and obj.transfer_syntax in (None, *_UNCOMPRESSED)
 
     def _new_ae(self, contexts: Sequence[tuple[str, list[str]]], *, network_timeout: float) -> Any:
         from pynetdicom import AE
@@ -410,20 +427,20 @@ class DicomStoreSender(_KeepOpen):
         _no_delay(assoc)
         return assoc, None
 
-    def _store_once(self, ds: Dataset) -> SendOutcome:
+    def _store_once(self, obj: _StoreObject) -> SendOutcome:
         """C-STORE on an association of its own, released afterwards."""
         transfer: list[str] = list(_UNCOMPRESSED)
-        syntax = _transfer_syntax(ds)
+        syntax = obj.transfer_syntax
         if syntax is not None and syntax not in transfer:
             transfer.insert(0, syntax)
         assoc, failure = self._associate(
-            self._new_ae([(ds.SOPClassUID, transfer)], network_timeout=self.timeout)
+            self._new_ae([(obj.sop_class_uid, transfer)], network_timeout=self.timeout)
         )
         if failure is not None:
             return failure
         try:
             try:
-                status = assoc.send_c_store(ds)
+                status = _c_store(assoc, obj)
             except ValueError as exc:
                 # No accepted presentation context for this SOP class / transfer syntax.
                 return SendOutcome.permanent(f"not accepted by peer: {exc}")
@@ -434,7 +451,7 @@ class DicomStoreSender(_KeepOpen):
                 assoc.release()
         return self._status_outcome(status)
 
-    def _store_kept(self, ds: Dataset, sop_hash: str) -> SendOutcome:
+    def _store_kept(self, obj: _StoreObject, sop_hash: str) -> SendOutcome:
         """C-STORE on the kept association (opened, or replaced once when found dead)."""
         for attempt in (1, 2):
             assoc = self._assoc
@@ -454,12 +471,12 @@ class DicomStoreSender(_KeepOpen):
                 self._assoc = assoc
             sent_at = time.monotonic()
             try:
-                status = assoc.send_c_store(ds)
+                status = _c_store(assoc, obj)
             except ValueError:
                 # Not accepted on the kept association (raised before anything was sent). Released rather
                 # than kept, for peers that serve one association at a time; the next object reopens it.
                 self._drop_connection(graceful=True)
-                return self._store_once(ds)
+                return self._store_once(obj)
             except (RuntimeError, OSError) as exc:
                 self._drop_connection(graceful=False)
                 if reused and attempt == 1:
@@ -547,6 +564,135 @@ def _no_delay(assoc: Any) -> None:
     its ACKs (Linux: up to 40 ms) holds back on every object."""
     with contextlib.suppress(AttributeError, OSError):
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _StoreObject:
+    """What :meth:`DicomStoreSender.send` stores: a dataset, or Part 10 bytes read only up to their file meta.
+
+    Attributes
+    ----------
+    sop_class_uid, sop_instance_uid:
+        From the dataset, or from the file meta (Media Storage SOP Class / Instance UID) of the bytes.
+    transfer_syntax:
+        The file meta's Transfer Syntax UID, if any.
+    encoded:
+        Part 10 bytes whose data set is Explicit VR Little Endian, sent as they are where that transfer
+        syntax was accepted; ``None`` for a dataset (or bytes decoded up front).
+    """
+
+    def __init__(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str | None,
+        *,
+        dataset: Dataset | None = None,
+        encoded: bytes | None = None,
+    ) -> None:
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.transfer_syntax = transfer_syntax
+        self.encoded = encoded
+        self._dataset = dataset
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._path: Path | None = None
+
+    @classmethod
+    def of(cls, payload: bytes | Dataset) -> _StoreObject:
+        """The object to store for ``payload`` (raises :class:`BuildError` like :func:`_as_dataset`)."""
+        if isinstance(payload, bytes | bytearray):
+            data = bytes(payload)
+            meta = _read_file_meta(data)
+            if meta is not None:
+                return cls(*meta, encoded=data)
+        ds = _as_dataset(payload)
+        return cls(str(ds.SOPClassUID), str(ds.SOPInstanceUID), _transfer_syntax(ds), dataset=ds)
+
+    def dataset(self) -> Dataset:
+        """The decoded dataset (Part 10 bytes are parsed on the first call)."""
+        if self._dataset is None:
+            assert self.encoded is not None
+            self._dataset = _as_dataset(self.encoded)
+        return self._dataset
+
+    def file(self) -> Path:
+        """The Part 10 bytes as a file in a private temporary directory (mode 0700), written once; removed
+        by :meth:`close`.
+
+        Raises
+        ------
+        OSError
+            The file could not be written.
+        """
+        if self._path is None:
+            assert self.encoded is not None
+            self._tmp = tempfile.TemporaryDirectory(prefix="ecgcad-cstore-", ignore_cleanup_errors=True)
+            try:
+                path = Path(self._tmp.name) / "object.dcm"
+                path.write_bytes(self.encoded)
+            except OSError:
+                self.close()
+                raise
+            self._path = path
+        return self._path
+
+    def close(self) -> None:
+        """Remove the temporary file, if any."""
+        tmp, self._tmp, self._path = self._tmp, None, None
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _read_file_meta(data: bytes) -> tuple[str, str, str] | None:
+    """``(SOP Class UID, SOP Instance UID, Explicit VR Little Endian)`` from the file meta of Part 10 bytes
+    whose data set is Explicit VR Little Endian; ``None`` for any other bytes. Only the preamble and the
+    file meta group are parsed."""
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=_after_group_2)
+        syntax = meta.get("TransferSyntaxUID")
+        sop_class = meta.get("MediaStorageSOPClassUID")
+        sop_instance = meta.get("MediaStorageSOPInstanceUID")
+    except Exception:  # noqa: BLE001 - not Part 10 bytes: decoded (and refused) as before
+        return None
+    if syntax != ExplicitVRLittleEndian or not sop_class or not sop_instance:
+        return None
+    return str(sop_class), str(sop_instance), ExplicitVRLittleEndian
+
+
+def _after_group_2(tag: Any, vr: Any, length: int) -> bool:
+    return bool(tag.group != 2)
+
+
+def _c_store(assoc: Any, obj: _StoreObject) -> Dataset:
+    """``assoc.send_c_store`` of ``obj``: the encoded data set as it is when the peer accepted the SOP class
+    with Explicit VR Little Endian, else the dataset (which pynetdicom encodes for the accepted context).
+
+    Raises what ``send_c_store`` raises (``ValueError``: no accepted presentation context).
+    """
+    if obj.encoded is not None and _accepted(assoc, obj.sop_class_uid, ExplicitVRLittleEndian):
+        try:
+            path = obj.file()
+        except OSError:
+            logger.warning("C-STORE: could not write the object to a temporary file; sending it decoded")
+        else:
+            # pynetdicom sends a file's data set without decoding it only with this setting (otherwise
+            # it reads the file with dcmread and encodes it again). It concerns C-STOREs of a file path,
+            # which nothing else here makes.
+            from pynetdicom import _config
+
+            _config.STORE_SEND_CHUNKED_DATASET = True
+            return assoc.send_c_store(path)  # type: ignore[no-any-return]
+    return assoc.send_c_store(obj.dataset())  # type: ignore[no-any-return]
+
+
+def _accepted(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> bool:
+    """Whether the peer accepted ``sop_class_uid`` with ``transfer_syntax`` for us as SCU on ``assoc``."""
+    return any(
+        cx.abstract_syntax == sop_class_uid and cx.transfer_syntax[0] == transfer_syntax and cx.as_scu
+        for cx in assoc.accepted_contexts
+    )
 
 
 def _as_dataset(payload: bytes | Dataset) -> Dataset:

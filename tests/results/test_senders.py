@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from copy import deepcopy
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
+from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from ecgcad.errors import DeliveryError, PermanentDeliveryError
+from ecgcad.errors import BuildError, DeliveryError, PermanentDeliveryError
+from ecgcad.integration.dicom_encode import encode_part10
 from ecgcad.integration.oru import build_oru
 from ecgcad.integration.pdf import build_encapsulated_pdf
 from ecgcad.integration.senders import (
@@ -30,6 +35,7 @@ from ecgcad.integration.senders import (
     parse_ack,
 )
 from ecgcad.integration.sr import build_stenosis_sr
+from ecgcad.logsetup import uid_hash
 from ecgcad.testing.fake_senders import FakeSender, RefusingSender, RetryingSender
 from tests.peers import wait_for
 from tests.results.conftest import make_input, tool
@@ -670,3 +676,158 @@ def test_mllp_idle_connection_is_closed_after_keep_open_s(oru):
         sender.close()
     finally:
         sink.close()
+
+
+# -- pre-encoded Part 10 bytes --------------------------------------------------------------------------
+
+
+def _data_set(part10: bytes) -> bytes:
+    """The data set of Part 10 bytes (after the preamble, prefix and file meta group)."""
+    return part10[144 + int.from_bytes(part10[140:144], "little") :]
+
+
+class EncodedStorageScp:
+    """A pynetdicom Storage SCP that records each C-STORE's data set as received (encoded), the transfer
+    syntax it came in and the sender's temporary directories at that moment."""
+
+    def __init__(self, transfer_syntaxes: list[str], tmp_root: Path | None = None) -> None:
+        from pynetdicom import AE, evt
+
+        self.received: list[tuple[bytes, str]] = []
+        self.tmp_seen: list[list[tuple[str, int]]] = []
+        self.statuses: list[int] = []
+        self.tmp_root = tmp_root
+        ae = AE(ae_title="PACS")
+        for sop_class in STORE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, transfer_syntaxes)
+        self.port = _free_port()
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+
+    def _store(self, event: Any) -> int:
+        self.received.append((event.request.DataSet.getvalue(), str(event.context.transfer_syntax)))
+        if self.tmp_root is not None:
+            self.tmp_seen.append([(p.name, p.stat().st_mode & 0o777) for p in self.tmp_root.iterdir()])
+        return self.statuses.pop(0) if self.statuses else 0x0000
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither we nor pynetdicom may decode or encode a data set."""
+    import pynetdicom.association
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the data set was decoded or encoded again")
+
+    monkeypatch.setattr(pynetdicom.association, "encode", refuse)
+    monkeypatch.setattr(pynetdicom.association, "dcmread", refuse)
+    monkeypatch.setattr(pydicom, "dcmread", refuse)
+
+
+@pytest.mark.parametrize("keep_open_s", [30, 0])
+def test_part10_bytes_go_out_as_encoded_without_decoding(
+    sr, ecg_dataset, ecg_bytes, keep_open_s, no_decoding
+):
+    scp = EncodedStorageScp([ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    pdf = build_encapsulated_pdf(make_input(ecg_dataset, ecg_bytes), b"%PDF-1.4\n%%EOF\n")
+    objects = [encode_part10(obj) for obj in [*_copies(sr, 2), pdf]]
+    try:
+        with DicomStoreSender(
+            "127.0.0.1", scp.port, called_ae="PACS", timeout=5, keep_open_s=keep_open_s
+        ) as sender:
+            assert [sender.send(obj) for obj in objects] == [SendOutcome.ok("status 0x0000", 0)] * 3
+            assert sender.associations == (1 if keep_open_s else 3)
+    finally:
+        scp.close()
+    assert scp.received == [(_data_set(obj), ExplicitVRLittleEndian) for obj in objects]
+
+
+def test_part10_bytes_to_dcmtk_storescp_land_byte_identical(storescp, sr, no_decoding):
+    port, out = storescp
+    objects = [encode_part10(obj) for obj in _copies(sr, 2)]
+    with DicomStoreSender("127.0.0.1", port, called_ae="PACS", timeout=10, keep_open_s=30) as sender:
+        assert all(sender.send(obj).delivered for obj in objects)
+    stored = sorted(_data_set(p.read_bytes()) for p in out.iterdir())
+    assert stored == sorted(_data_set(obj) for obj in objects)
+
+
+def test_part10_bytes_are_decoded_for_a_peer_that_accepted_only_implicit_vr(sr):
+    scp = EncodedStorageScp([ImplicitVRLittleEndian])
+    (obj,) = _copies(sr, 1)
+    try:
+        for keep_open_s in (30, 0):
+            with DicomStoreSender(
+                "127.0.0.1", scp.port, called_ae="PACS", timeout=5, keep_open_s=keep_open_s
+            ) as sender:
+                assert sender.send(encode_part10(obj)) == SendOutcome.ok("status 0x0000", 0)
+    finally:
+        scp.close()
+    assert [syntax for _, syntax in scp.received] == [ImplicitVRLittleEndian] * 2
+    received = read_dataset(io.BytesIO(scp.received[0][0]), is_implicit_VR=True, is_little_endian=True)
+    assert received.SOPInstanceUID == obj.SOPInstanceUID and received.PatientID == obj.PatientID
+
+
+def test_part10_bytes_are_sent_from_a_private_temporary_file_removed_afterwards(
+    sr, tmp_path, monkeypatch, no_decoding
+):
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    scp = EncodedStorageScp([ExplicitVRLittleEndian], tmp_root=root)
+    scp.statuses = [0x0000, 0xA700, 0xC000]
+    try:
+        with DicomStoreSender("127.0.0.1", scp.port, called_ae="PACS", timeout=5, keep_open_s=30) as sender:
+            outcomes = [sender.send(encode_part10(obj)) for obj in _copies(sr, 3)]
+            assert list(root.iterdir()) == []  # removed after each send, delivered or not
+    finally:
+        scp.close()
+    assert [(o.delivered, o.retryable) for o in outcomes] == [(True, False), (False, True), (False, False)]
+    assert len(scp.tmp_seen) == 3
+    for seen in scp.tmp_seen:  # while the peer had the object: one directory, ours only
+        ((name, mode),) = seen
+        assert name.startswith("ecgcad-cstore-") and mode == 0o700
+
+
+def test_part10_bytes_on_a_kept_association_that_died_are_sent_again(storescp, sr, no_decoding):
+    port, out = storescp
+    proxy = CuttingProxy(port)
+    sender = DicomStoreSender("127.0.0.1", proxy.port, called_ae="PACS", timeout=5, keep_open_s=30)
+    try:
+        first, second = _copies(sr, 2)
+        assert sender.send(encode_part10(first)).delivered
+        proxy.cut()
+        assert sender.send(encode_part10(second)) == SendOutcome.ok("status 0x0000", 0)
+        assert proxy.unanswered > 0 and sender.associations == 2
+        stored = {p.name.split(".", 1)[1] for p in out.iterdir()}
+        assert stored == {first.SOPInstanceUID, second.SOPInstanceUID}
+    finally:
+        sender.close()
+        proxy.close()
+
+
+def test_part10_bytes_are_logged_by_the_hashed_file_meta_uid(sr, ecg_dataset, caplog):
+    scp = EncodedStorageScp([ExplicitVRLittleEndian])
+    (obj,) = _copies(sr, 1)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="ecgcad"):
+            outcome = DicomStoreSender("127.0.0.1", scp.port, called_ae="PACS", timeout=5).send(
+                encode_part10(obj)
+            )
+    finally:
+        scp.close()
+    assert outcome.delivered
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("ecgcad"))
+    assert f"C-STORE sop={uid_hash(obj.SOPInstanceUID)} to 127.0.0.1" in ours
+    assert obj.SOPInstanceUID not in ours and ecg_dataset.PatientID not in ours
+
+
+def test_bytes_that_are_not_a_dicom_object_are_refused_before_connecting():
+    sender = DicomStoreSender("127.0.0.1", _free_port(), called_ae="PACS", timeout=3)
+    for payload in (b"not dicom", b"\0" * 128 + b"DICM" + b"\x02\x00"):
+        with pytest.raises(BuildError):
+            sender.send(payload)
+    assert sender.associations == 0
