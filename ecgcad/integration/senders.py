@@ -310,6 +310,9 @@ class DicomStoreSender(_KeepOpen):
         Seconds an idle association is kept for the next object; 0 (default) opens one per :meth:`send`.
     sop_classes:
         The SOP classes to request on the kept association.
+    spool_dir:
+        Where an encoded object is staged (in a private folder of its own) while pynetdicom sends it; the
+        system's temporary folder when ``None``.
 
     Attributes
     ----------
@@ -328,6 +331,7 @@ class DicomStoreSender(_KeepOpen):
         accept_warnings: bool = False,
         keep_open_s: float = 0.0,
         sop_classes: Sequence[str] = STORE_SOP_CLASSES,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         for name, ae in (("called_ae", called_ae), ("calling_ae", calling_ae)):
             if not isinstance(ae, str) or not 1 <= len(ae.strip()) <= 16 or "\\" in ae:
@@ -346,6 +350,7 @@ class DicomStoreSender(_KeepOpen):
         self.accept_warnings = accept_warnings
         self.keep_open_s = float(keep_open_s)
         self.sop_classes = tuple(str(uid) for uid in sop_classes)
+        self.spool_dir = spool_dir
         self.associations = 0
         self._lock = threading.Lock()
         self._last_used = 0.0
@@ -440,7 +445,7 @@ class DicomStoreSender(_KeepOpen):
             return failure
         try:
             try:
-                status = _c_store(assoc, obj)
+                status = _c_store(assoc, obj, self.spool_dir)
             except ValueError as exc:
                 # No accepted presentation context for this SOP class / transfer syntax.
                 return SendOutcome.permanent(f"not accepted by peer: {exc}")
@@ -471,7 +476,7 @@ class DicomStoreSender(_KeepOpen):
                 self._assoc = assoc
             sent_at = time.monotonic()
             try:
-                status = _c_store(assoc, obj)
+                status = _c_store(assoc, obj, self.spool_dir)
             except ValueError:
                 # Not accepted on the kept association (raised before anything was sent). Released rather
                 # than kept, for peers that serve one association at a time; the next object reopens it.
@@ -615,7 +620,7 @@ class _StoreObject:
             self._dataset = _as_dataset(self.encoded)
         return self._dataset
 
-    def file(self) -> Path:
+    def file(self, spool_dir: str | os.PathLike[str] | None = None) -> Path:
         """The Part 10 bytes as a file in a private temporary directory (mode 0700), written once; removed
         by :meth:`close`.
 
@@ -626,7 +631,9 @@ class _StoreObject:
         """
         if self._path is None:
             assert self.encoded is not None
-            self._tmp = tempfile.TemporaryDirectory(prefix="ecgcad-cstore-", ignore_cleanup_errors=True)
+            self._tmp = tempfile.TemporaryDirectory(
+                prefix="ecgcad-cstore-", dir=spool_dir, ignore_cleanup_errors=True
+            )
             try:
                 path = Path(self._tmp.name) / "object.dcm"
                 path.write_bytes(self.encoded)
@@ -665,7 +672,7 @@ def _after_group_2(tag: Any, vr: Any, length: int) -> bool:
     return bool(tag.group != 2)
 
 
-def _c_store(assoc: Any, obj: _StoreObject) -> Dataset:
+def _c_store(assoc: Any, obj: _StoreObject, spool_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """``assoc.send_c_store`` of ``obj``: the encoded data set as it is when the peer accepted the SOP class
     with Explicit VR Little Endian, else the dataset (which pynetdicom encodes for the accepted context).
 
@@ -673,7 +680,7 @@ def _c_store(assoc: Any, obj: _StoreObject) -> Dataset:
     """
     if obj.encoded is not None and _accepted(assoc, obj.sop_class_uid, ExplicitVRLittleEndian):
         try:
-            path = obj.file()
+            path = obj.file(spool_dir)
         except OSError:
             logger.warning("C-STORE: could not write the object to a temporary file; sending it decoded")
         else:

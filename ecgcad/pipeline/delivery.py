@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -36,8 +37,11 @@ from ecgcad.pipeline.reports import build_report_input
 logger = logging.getLogger(__name__)
 
 
-def build_sender(dest: DestinationSettings, *, calling_ae: str) -> DicomStoreSender | MllpSender:
-    """A new sender for ``dest``, keeping its connection open for ``dest.keep_open_s``."""
+def build_sender(
+    dest: DestinationSettings, *, calling_ae: str, spool_dir: Path | None = None
+) -> DicomStoreSender | MllpSender:
+    """A new sender for ``dest``, keeping its connection open for ``dest.keep_open_s``; a DICOM sender
+    stages encoded objects in ``spool_dir`` while it sends them."""
     if dest.kind == "dicom":
         return DicomStoreSender(
             dest.host,
@@ -46,6 +50,7 @@ def build_sender(dest: DestinationSettings, *, calling_ae: str) -> DicomStoreSen
             calling_ae=calling_ae,
             timeout=dest.timeout_s,
             keep_open_s=dest.keep_open_s,
+            spool_dir=spool_dir,
         )
     return MllpSender(dest.host, dest.port, timeout=dest.timeout_s, keep_open_s=dest.keep_open_s)
 
@@ -74,7 +79,8 @@ class SenderPool:
     instead of kept. Connections close by themselves once idle for the destination's ``keep_open_s``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, spool_dir: Path | None = None) -> None:
+        self.spool_dir = spool_dir
         self._lock = threading.Lock()
         self._idle: dict[str, tuple[tuple[Any, ...], list[Sender]]] = {}
         self._lent: dict[str, list[Sender]] = {}
@@ -123,7 +129,7 @@ class SenderPool:
         for old in stale:
             _close_sender(old)
         if sender is None:
-            sender = build_sender(dest, calling_ae=calling_ae)
+            sender = build_sender(dest, calling_ae=calling_ae, spool_dir=self.spool_dir)
         with self._lock:
             self._lent.setdefault(dest.name, []).append(sender)
         try:
@@ -173,7 +179,7 @@ def sender_pool(ctx: Any) -> SenderPool:
         with _POOL_LOCK:
             pool = getattr(ctx, "sender_pool", None)
             if pool is None:
-                pool = ctx.sender_pool = SenderPool()
+                pool = ctx.sender_pool = SenderPool(_spool_dir(ctx))
     return pool  # type: ignore[no-any-return]
 
 
@@ -199,13 +205,33 @@ def make_sender(ctx: Any, dest: DestinationSettings) -> Sender:
     factory = getattr(ctx, "sender_factory", None)
     if factory is not None:
         return factory(dest)  # type: ignore[no-any-return]
-    return build_sender(dest, calling_ae=ctx.settings.dicom.ae_title)
+    return build_sender(dest, calling_ae=ctx.settings.dicom.ae_title, spool_dir=_spool_dir(ctx))
+
+
+def _spool_dir(ctx: Any) -> Path | None:
+    """``<data_dir>/spool`` (mode 0700): objects being sent stay with the rest of the service's data."""
+    data_dir = getattr(getattr(ctx, "settings", None), "data_dir", None)
+    if data_dir is None:
+        return None
+    path = Path(data_dir) / "spool"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        logger.warning("cannot create the spool folder; encoded objects are staged in the system temp folder")
+        return None
+    return path
 
 
 def build_payload(
     ctx: Any, session: Any, delivery: Delivery, result: Result, dest: DestinationSettings
 ) -> tuple[Any, str]:
-    """The object to send and its identifier (SOP Instance UID or MSH-10)."""
+    """The object to send and its identifier (SOP Instance UID or MSH-10).
+
+    The SR and the Encapsulated PDF are encoded here (DICOM Part 10, Explicit VR Little Endian, by
+    :func:`ecgcad.integration.dicom_encode.encode_part10`): the sender sends their data set as it is, and
+    the ORU is its ER7 bytes.
+    """
+    from ecgcad.integration.dicom_encode import encode_part10
     from ecgcad.integration.oru import OruProfile, build_oru, control_id_for
     from ecgcad.integration.pdf import build_encapsulated_pdf, render_report_pdf
     from ecgcad.integration.sr import build_stenosis_sr
@@ -220,10 +246,10 @@ def build_payload(
             institution_name=rs.institution_name or None,
             sop_class=rs.sr_sop_class,
         )
-        return ds, str(ds.SOPInstanceUID)
+        return encode_part10(ds), str(ds.SOPInstanceUID)
     if delivery.object_kind == "pdf":
         ds = build_encapsulated_pdf(inp, render_report_pdf(inp), manufacturer=rs.manufacturer)
-        return ds, str(ds.SOPInstanceUID)
+        return encode_part10(ds), str(ds.SOPInstanceUID)
     if delivery.object_kind == "oru":
         control_id = control_id_for(result.id, result.result_version, delivery.attempts)
         status = "C" if result.result_version > 1 else rs.oru_result_status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -26,6 +27,14 @@ from ecgcad.testing.fake_senders import FakeSender, RefusingSender
 
 FIXED = {"rca": 0.40, "lm": 0.005, "lad": 0.10, "lcx": 0.20}
 REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
+
+
+def _dicom(payload: object) -> Dataset:
+    """A delivered SR / PDF: Part 10 bytes (Explicit VR Little Endian), decoded."""
+    assert isinstance(payload, bytes)
+    ds = pydicom.dcmread(io.BytesIO(payload))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    return ds
 
 
 @pytest.fixture
@@ -107,7 +116,7 @@ def test_real_ecg_is_scored_once_and_delivered_to_every_destination(ctx: AppCont
         events = s.execute(select(AuditEvent.event_type)).scalars().all()
         assert events.count("delivery.sent") == 3 and "ecg.scored" in events and "dicom.received" in events
     source = pydicom.dcmread(REAL_ECG)
-    sr, pdf = ctx.senders["pacs"].delivered  # type: ignore[attr-defined]
+    sr, pdf = (_dicom(obj) for obj in ctx.senders["pacs"].delivered)  # type: ignore[attr-defined]
     for obj in (sr, pdf):
         assert isinstance(obj, Dataset)
         assert obj.PatientID == source.PatientID and obj.StudyInstanceUID == source.StudyInstanceUID
@@ -168,7 +177,7 @@ def test_undecodable_ecg_is_reported_not_evaluated_with_its_reason(ctx: AppConte
         assert s.get(EcgRecord, r.ecg_id).state == "not_evaluated"  # type: ignore[union-attr]
     (oru,) = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
     assert b"|IND|" in oru and b"DECODE_FAILED" in oru and b"MRN-NE" in oru
-    sr = ctx.senders["pacs"].delivered[0]  # type: ignore[attr-defined]
+    sr = _dicom(ctx.senders["pacs"].delivered[0])  # type: ignore[attr-defined]
     assert sr.PatientID == "MRN-NE"
 
 
@@ -200,7 +209,7 @@ def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppCon
         assert versions == [1, 2]
     orus = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
     assert len(orus) == 2 and b"|C|" in orus[1] or b"|C\r" in orus[1]
-    sr2 = ctx.senders["pacs"].delivered[2]  # type: ignore[attr-defined]
+    sr2 = _dicom(ctx.senders["pacs"].delivered[2])  # type: ignore[attr-defined]
     assert "PredecessorDocumentsSequence" in sr2
     with ctx.db.session() as s:
         sr_delivery = (
@@ -213,8 +222,8 @@ def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppCon
     before = len(ctx.senders["pacs"].delivered)  # type: ignore[attr-defined]
     actions.resend_delivery(ctx, delivery_id, user="bob", role="operator")
     _drain(ctx, worker)
-    resent = ctx.senders["pacs"].delivered[before]  # type: ignore[attr-defined]
-    assert resent.SOPInstanceUID == ctx.senders["pacs"].delivered[0].SOPInstanceUID  # type: ignore[attr-defined]
+    resent = _dicom(ctx.senders["pacs"].delivered[before])  # type: ignore[attr-defined]
+    assert resent.SOPInstanceUID == _dicom(ctx.senders["pacs"].delivered[0]).SOPInstanceUID  # type: ignore[attr-defined]
     pdf = actions.report_pdf(ctx, ecg_id)
     assert pdf.startswith(b"%PDF-")
     with ctx.db.session() as s:
@@ -238,7 +247,7 @@ def test_site_profile_settings_shape_the_sr_and_oru(tmp_path: Path) -> None:
     ctx.sender_factory = lambda dest: senders[dest.name]  # type: ignore[attr-defined]
     _ingest_real(ctx)
     _drain(ctx, _worker(ctx))
-    (sr,) = senders["pacs"].delivered
+    (sr,) = (_dicom(obj) for obj in senders["pacs"].delivered)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
     (oru,) = senders["ehr"].delivered
     segments = [seg.split(b"|") for seg in oru.split(b"\r") if seg]

@@ -227,6 +227,9 @@ def test_deliveries_of_one_result_share_the_pooled_association(tmp_path, sink, p
         assert states == [("oru", "sent"), ("pdf", "sent"), ("sr", "sent")]
         assert len(pyscp.stored) == 2 and pyscp.established == 1  # SR and PDF on one association
         assert sink.connections == 1 and pyscp.released == 0
+        spool = Path(ctx.settings.data_dir) / "spool"
+        assert spool.is_dir() and (spool.stat().st_mode & 0o777) == 0o700
+        assert not any(spool.iterdir()), "objects are staged in the data folder and removed after sending"
     finally:
         ctx.close()
     wait_for(lambda: pyscp.released == 1 and sink.closed == 1, 2, "ctx.close() to close both")
