@@ -339,7 +339,8 @@ def build_oru(
     pid = {
         1: "1",
         3: _composite(_components(ident.patient_id, None, None, ident.issuer_of_patient_id)),
-        5: _composite(_xpn(ident.patient_name) or '""'),
+        # PID-5 is required: a name that is missing or blank (e.g. "^^" or spaces) is sent as HL7 null.
+        5: _composite(_xpn(ident.patient_name)) or '""',
     }
     if ident.patient_birth_date:
         birth_date = _composite(escape(ident.patient_birth_date))

@@ -23,13 +23,7 @@ def test_every_fixture_file_has_a_case() -> None:
     assert {p.stem for p in HERE.glob("*.hl7")} == set(CASES)
 
 
-#: Cases that pass only the fast checks: a blank patient name leaves PID-5 empty (hl7apy dropped the blank
-#: component and the builder substitutes ``""`` only for a missing name), which hl7apy's strict structure
-#: check refuses. The fixture pins that behaviour; it is not an endorsement of it.
-FAST_CHECKS_ONLY = {"blank_identifiers"}
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden_fixtures_pass_the_validator(name: str) -> None:
     message = path_of(name).read_bytes()
-    assert validate_oru(message, structure=name not in FAST_CHECKS_ONLY) == []
+    assert validate_oru(message, structure=True) == []  # blank_identifiers: PID-5 sent as "" (required)
