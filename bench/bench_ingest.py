@@ -228,6 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dicom", type=int, default=200, help="C-STOREs per run")
     parser.add_argument("--hl7", type=int, default=1000, help="ORU messages per run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per benchmark (median)")
     parser.add_argument("--quick", action="store_true", help="smaller runs (make bench)")
     args = parser.parse_args()
     if args.quick:
@@ -239,13 +240,13 @@ def main() -> None:
     try:
         rows = []
         if shutil.which("storescu"):
-            ours, bare = bench_dicom(args.dicom, tmp)
+            ours, bare = bench_dicom(args.dicom, tmp, args.rounds)
             rows.append(
                 ("DICOM C-STORE/s (storescu, 1 assoc)", ours, bare, "bare pynetdicom decode-only", 1.0)
             )
-        ours, echo = bench_hl7(args.hl7, tmp)
+        ours, echo = bench_hl7(args.hl7, tmp, rounds=args.rounds)
         rows.append(("HL7 ORU msg/s (1 MLLP conn)", ours, echo, "python-hl7 asyncio echo", 0.6))
-        ours, echo = bench_hl7(args.hl7, tmp, window=32)
+        ours, echo = bench_hl7(args.hl7, tmp, window=32, rounds=args.rounds)
         rows.append(("HL7 ORU msg/s (1 conn, 32 in flight)", ours, echo, "python-hl7 asyncio echo", 0.6))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -57,13 +57,21 @@ class ObjectStore:
         """
         digest = hashlib.sha256(data).hexdigest()
         path = self.path_for(digest)
-        if path.exists() and path.stat().st_size == len(data):
-            return digest, path
+        try:
+            if os.stat(path).st_size == len(data):
+                return digest, path
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot write object: {exc.strerror}") from exc
         self.check_space(len(data))
         do_fsync = self.fsync and sync
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            except FileNotFoundError:  # the object's folder does not exist yet
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)

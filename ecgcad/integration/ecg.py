@@ -47,7 +47,8 @@ class EcgIdentifiers:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict (datetimes as ISO 8601)."""
-        out = dataclasses.asdict(self)
+        # Every field is a scalar (str, None or a datetime): no deep copy needed (asdict deep-copies).
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.acquisition_datetime is not None:
             out["acquisition_datetime"] = self.acquisition_datetime.isoformat()
         return out
