@@ -21,13 +21,12 @@ from ecgcad.integration.oru import build_oru
 from ecgcad.integration.readers import decode
 from ecgcad.integration.senders import DicomStoreSender, MllpSender, SendOutcome
 from ecgcad.integration.sr import build_stenosis_sr
-from ecgcad.jobs.worker import Worker
 from ecgcad.pipeline.delivery import SenderPool, checkout_sender, sender_pool
-from ecgcad.pipeline.handlers import register_handlers
 from ecgcad.testing.fake_predictor import FakePredictor
 from tests.peers import StoreScp, wait_for
 from tests.results.conftest import make_input
 from tests.results.test_senders import MllpSink, StorageScp, _copies, _with_control_id
+from tests.scaleout.conftest import drain
 
 REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
 
@@ -213,15 +212,7 @@ def test_deliveries_of_one_result_share_the_pooled_association(tmp_path, sink, p
             calling_ae="CART",
             peer_address="127.0.0.1",
         )
-        worker = Worker(ctx.queue)
-        register_handlers(ctx, worker)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            worker.run_once()
-            counts = ctx.queue.counts()
-            if counts["queued"] == 0 and counts["running"] == 0:
-                break
-            time.sleep(0.02)
+        drain(ctx)
         with ctx.db.session() as s:
             states = sorted((d.object_kind, d.state) for d in s.execute(select(Delivery)).scalars())
         assert states == [("oru", "sent"), ("pdf", "sent"), ("sr", "sent")]
