@@ -154,7 +154,7 @@ class Walker:
 
     def read(self, pos: int, implicit: bool) -> RawNode:
         """Read the dataset from ``pos`` to the end of the buffer."""
-        elems, _ = self._dataset(pos, self.n, implicit, 0, keep=True, in_item=False)
+        elems, _ = self._dataset(pos, self.n, implicit, 0, in_item=False)
         return RawNode(self.buf, elems, self.encodings)
 
     def _header(self, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
@@ -178,8 +178,10 @@ class Walker:
         return tag, vr, short, pos + 8
 
     def _dataset(
-        self, pos: int, end: int, implicit: bool, depth: int, *, keep: bool, in_item: bool
+        self, pos: int, end: int, implicit: bool, depth: int, *, in_item: bool
     ) -> tuple[dict[int, Any], int]:
+        """The elements of a kept dataset (the root or an item of a kept sequence); sequences that are not
+        kept are stepped over (:meth:`_skip_sequence`), recorded as empty at the root."""
         if depth > _MAX_DEPTH:
             raise _Malformed("DICOM sequences nested too deeply")
         elems: dict[int, Any] = {}
@@ -194,36 +196,33 @@ class Walker:
             if length == _UNDEFINED:
                 # SQ, or UN holding an implicit-VR sequence (PS3.5 6.2.2).
                 sub_implicit = implicit or vr == b"UN"
-                parse = keep and tag in self.keep
-                if not parse:
+                if tag not in self.keep:
                     pos = self._skip_sequence(vpos, end, sub_implicit, depth + 1)
-                    if keep and depth == 0:
+                    if depth == 0:
                         elems[tag] = []
                     continue
-                items, pos = self._sequence(vpos, end, sub_implicit, depth + 1, parse, undefined=True)
-                elems[tag] = items
+                elems[tag], pos = self._sequence(vpos, end, sub_implicit, depth + 1, undefined=True)
                 continue
             vend = vpos + length
             if vend > end:
                 raise _Malformed(
                     f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end of the data"
                 )
-            if keep:
-                if tag in self.keep and (vr == b"SQ" or vr is None):
-                    items, _ = self._sequence(vpos, vend, implicit, depth + 1, True, undefined=False)
-                    elems[tag] = items
-                elif vr != b"SQ" or depth == 0:
-                    elems[tag] = (vr, vpos, length)
-                if tag == 0x00080005 and depth == 0:
-                    self._set_charset(vpos, length)
+            if tag in self.keep and (vr == b"SQ" or vr is None):
+                elems[tag], _ = self._sequence(vpos, vend, implicit, depth + 1, undefined=False)
+            elif vr != b"SQ" or depth == 0:
+                elems[tag] = (vr, vpos, length)
+            if tag == 0x00080005 and depth == 0:
+                self._set_charset(vpos, length)
             pos = vend
         if in_item:
             raise _Malformed("DICOM data ends inside a sequence item")
         return elems, pos
 
     def _sequence(
-        self, pos: int, end: int, implicit: bool, depth: int, parse: bool, *, undefined: bool
+        self, pos: int, end: int, implicit: bool, depth: int, *, undefined: bool
     ) -> tuple[list[RawNode], int]:
+        """The items of a kept sequence."""
         if depth > _MAX_DEPTH:
             raise _Malformed("DICOM sequences nested too deeply")
         items: list[RawNode] = []
@@ -240,17 +239,14 @@ class Walker:
             if tag != _ITEM:
                 raise _Malformed(f"expected a sequence item, found ({g:04X},{e:04X})")
             if length == _UNDEFINED:
-                elems, pos = self._dataset(pos, end, implicit, depth, keep=parse, in_item=True)
+                elems, pos = self._dataset(pos, end, implicit, depth, in_item=True)
             else:
                 iend = pos + length
                 if iend > end:
                     raise _Malformed("a sequence item runs past the end of its sequence")
-                elems = (
-                    self._dataset(pos, iend, implicit, depth, keep=parse, in_item=False)[0] if parse else {}
-                )
+                elems = self._dataset(pos, iend, implicit, depth, in_item=False)[0]
                 pos = iend
-            if parse:
-                items.append(RawNode(self.buf, elems, self.encodings))
+            items.append(RawNode(self.buf, elems, self.encodings))
 
     def _skip_sequence(self, pos: int, end: int, implicit: bool, depth: int) -> int:
         """The position after an undefined-length sequence that is not kept (its items are walked only
