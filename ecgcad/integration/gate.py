@@ -250,13 +250,10 @@ def _quality(
         verdict.notes.append("sampled below 500 Hz: pacemaker spikes may be missed")
 
 
-def _butter_sos(order: int, cutoff: float, btype: str, fs: float) -> np.ndarray:
-    """A Butterworth filter in second-order sections (designed once per rate: design costs ~0.6 ms)."""
-    return _butter_design(order, cutoff, btype, fs).copy()  # scipy's filters want a writable array
-
-
 @functools.lru_cache(maxsize=32)
-def _butter_design(order: int, cutoff: float, btype: str, fs: float) -> np.ndarray:
+def _butter_sos(order: int, cutoff: float, btype: str, fs: float) -> np.ndarray:
+    """A Butterworth filter in second-order sections, designed once per rate (design costs ~0.6 ms); as
+    :func:`ecgcad.model.preprocess._band_sos`, the cached array is shared and only read."""
     from scipy.signal import butter
 
     return np.asarray(butter(order, cutoff, btype, fs=fs, output="sos"))
