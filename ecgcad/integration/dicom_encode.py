@@ -50,7 +50,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR, PersonName
 
-__all__ = ["encode_dataset", "encode_part10"]
+__all__ = ["encode_dataset", "encode_part10", "part10_file"]
 
 _EXPLICIT_LE = (False, True)
 _PIXEL_DATA = 0x7FE00010
@@ -480,6 +480,39 @@ def encode_part10(ds: Dataset) -> bytes:
     )
     encoded_meta = length_element + encoded_meta[len(length_element) :]
     return b"".join((preamble or b"\0" * 128, b"DICM", encoded_meta, body))
+
+
+def part10_file(
+    dataset: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str
+) -> bytes:
+    """The DICOM file (PS3.10) of a data set received already encoded (a C-STORE): preamble, ``DICM``, File
+    Meta Information, the data set bytes unchanged.
+
+    The meta group is a handful of fixed elements written directly (no pydicom dataset is built: this runs
+    once per C-STORE); it names pynetdicom as the implementation, as pynetdicom's own
+    ``Event.encoded_dataset`` does, and ``source_ae`` as the Source Application Entity Title.
+    """
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    def element(elem: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+        if len(value) % 2:
+            value += pad
+        header = _LONG_HEADER if vr == b"OB" else _SHORT_HEADER
+        return header(2, elem, vr, len(value)) + value
+
+    group = b"".join(
+        (
+            element(0x0001, b"OB", b"\x00\x01", b"\x00"),
+            element(0x0002, b"UI", sop_class_uid.encode("ascii", "replace"), b"\x00"),
+            element(0x0003, b"UI", sop_instance_uid.encode("ascii", "replace"), b"\x00"),
+            element(0x0010, b"UI", transfer_syntax_uid.encode("ascii"), b"\x00"),
+            element(0x0012, b"UI", str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii"), b"\x00"),
+            element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" "),
+            element(0x0016, b"AE", source_ae.encode("ascii", "replace")[:16], b" ") if source_ae else b"",
+        )
+    )
+    length = element(0x0000, b"UL", struct.pack("<L", len(group)), b"")
+    return b"".join((b"\x00" * 128, b"DICM", length, group, dataset))
 
 
 def _pydicom_part10(ds: Dataset) -> bytes:

@@ -28,7 +28,6 @@ import io
 import logging
 import queue
 import socket
-import struct
 import threading
 import time
 import weakref
@@ -49,6 +48,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ecgcad.context import AppContext
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, DecodeError, StorageError
+from ecgcad.integration.dicom_encode import part10_file
 from ecgcad.integration.ecg import Ecg
 from ecgcad.listeners.allowlist import AddressAllowList
 from ecgcad.listeners.tls import server_ssl_context
@@ -356,7 +356,7 @@ class DicomScp:
         assoc = event.assoc
         calling_ae = assoc.requestor.ae_title.strip()[:16]
         peer = assoc.requestor.address
-        data = part10(
+        data = part10_file(
             cast(io.BytesIO, request.DataSet).getvalue(),
             sop_class_uid=sop_class_uid or "",
             sop_instance_uid=sop_instance_uid or "",
@@ -385,38 +385,6 @@ class DicomScp:
             return _status(STATUS_OUT_OF_RESOURCES, "storage unavailable, retry later")
         self.stored += 0 if result.duplicate else 1
         return STATUS_SUCCESS
-
-
-def part10(
-    dataset: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str
-) -> bytes:
-    """The DICOM file (PS3.10) of a received data set: preamble, ``DICM``, File Meta Information, data set.
-
-    The meta group is written directly (explicit VR little endian, PS3.10 7.1) rather than through pydicom:
-    it is a handful of fixed elements, and this runs once per C-STORE.
-    """
-    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-
-    def element(elem: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
-        if len(value) % 2:
-            value += pad
-        if vr == b"OB":
-            return struct.pack("<HH2sHL", 2, elem, vr, 0, len(value)) + value
-        return struct.pack("<HH2sH", 2, elem, vr, len(value)) + value
-
-    group = b"".join(
-        (
-            element(0x0001, b"OB", b"\x00\x01", b"\x00"),
-            element(0x0002, b"UI", sop_class_uid.encode("ascii", "replace"), b"\x00"),
-            element(0x0003, b"UI", sop_instance_uid.encode("ascii", "replace"), b"\x00"),
-            element(0x0010, b"UI", transfer_syntax_uid.encode("ascii"), b"\x00"),
-            element(0x0012, b"UI", str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii"), b"\x00"),
-            element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" "),
-            element(0x0016, b"AE", source_ae.encode("ascii", "replace")[:16], b" ") if source_ae else b"",
-        )
-    )
-    length = element(0x0000, b"UL", struct.pack("<L", len(group)), b"")
-    return b"".join((b"\x00" * 128, b"DICM", length, group, dataset))
 
 
 #: How long the association's reactor waits on its DIMSE queue per turn (see :func:`_wait_for_dimse_messages`).
