@@ -168,13 +168,9 @@ def record(
 _TAIL_KEY = "ecgcad_audit_tail"
 
 
-@sa_event.listens_for(Session, "after_soft_rollback")
-def _forget_tail(session: Session, previous_transaction: Any) -> None:
-    session.info.pop(_TAIL_KEY, None)
-
-
-@sa_event.listens_for(Session, "after_commit")
-def _forget_tail_after_commit(session: Session) -> None:
+@sa_event.listens_for(Session, "after_transaction_end")
+def _forget_tail(session: Session, transaction: Any) -> None:
+    """Any transaction or savepoint that ends (committed or rolled back) drops the carried tail."""
     session.info.pop(_TAIL_KEY, None)
 
 
