@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ecgcad.api.auth import Principal
 from ecgcad.db import audit
-from ecgcad.db.models import AuditEvent, Delivery, EcgRecord, ModelVersion, Result, utcnow
+from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, utcnow
 
 VESSELS: tuple[str, ...] = ("rca", "lm", "lad", "lcx")
 ECG_STATES: tuple[str, ...] = ("received", "queued", "scored", "not_evaluated", "failed")
@@ -48,8 +48,9 @@ def audit_access(
     patient_id: str | None = None,
     query: str | None = None,
     detail: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Record one access by ``principal``: who, role, when, what, which patient/study/ECG, outcome, address.
+) -> int:
+    """Record one access by ``principal`` (who, role, when, what, which patient/study/ECG, outcome, address);
+    the audit event's id.
 
     Parameters
     ----------

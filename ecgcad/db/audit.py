@@ -21,6 +21,8 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from ecgcad.db.models import AuditEvent, utcnow
+from ecgcad.db.prepared import Prepared, bound_to
+from ecgcad.db.session import DirectTransaction
 
 GENESIS = "0" * 64
 
@@ -96,7 +98,7 @@ def event_hash(prev_hash: str, event: AuditEvent | dict[str, Any]) -> str:
 
 
 def record(
-    session: Session,
+    session: Session | DirectTransaction,
     event_type: str,
     *,
     outcome: int = 0,
@@ -111,13 +113,14 @@ def record(
     ecg_id: int | None = None,
     query: str | None = None,
     detail: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append an audit event in the caller's transaction.
+) -> int:
+    """Append an audit event in the caller's transaction; its id.
 
     Parameters
     ----------
     session:
-        The caller's session; the event commits (or rolls back) with the caller's work.
+        The caller's session (or direct transaction); the event commits (or rolls back) with the caller's
+        work.
     event_type:
         One of :data:`EVENT_CODES`.
     outcome:
@@ -125,21 +128,22 @@ def record(
 
     Returns
     -------
-    AuditEvent
-        A copy of the stored row (with its id); it is not attached to ``session``.
+    int
+        The event's id (read it back with a query; building an ORM copy here cost the listeners ~50 µs per
+        object received).
     """
     code, action = EVENT_CODES.get(event_type, ("110100", "E"))
-    # Core statements on the session's connection: the same transaction, without the unit of work (an
+    # Prepared statements on the session's connection: the same transaction, without the unit of work (an
     # audit row is written with every object received, so this is on the listeners' hot path).
-    conn = session.connection()
     # The chain's tail: read once per transaction under the chain's lock, then carried in ``session.info``
     # (the lock is held to the end of the transaction; any rollback drops the carried value).
     prev = session.info.get(_TAIL_KEY)
     if prev is None:
-        if conn.dialect.name == "postgresql":
+        dialect, _ = bound_to(session)
+        if dialect.name == "postgresql" and isinstance(session, Session):
             # Serialise appends so that the chain is linear (SQLite serialises with BEGIN IMMEDIATE).
-            conn.execute(_PG_CHAIN_LOCK)
-        prev = conn.execute(_LAST_HASH).scalar()
+            session.execute(_PG_CHAIN_LOCK)
+        prev = _LAST_HASH.execute(session, {})
     values: dict[str, Any] = {
         "event_id": code,
         "event_type": event_type,
@@ -160,9 +164,9 @@ def record(
         "prev_hash": prev or GENESIS,
     }
     values["hash"] = event_hash(values["prev_hash"], values)
-    event_id = conn.execute(_INSERT, values).scalar_one()
+    event_id = int(_INSERT.execute(session, values))
     session.info[_TAIL_KEY] = values["hash"]
-    return AuditEvent(id=event_id, **values)
+    return event_id
 
 
 _TAIL_KEY = "ecgcad_audit_tail"
@@ -175,8 +179,8 @@ def _forget_tail(session: Session, transaction: Any) -> None:
 
 
 _PG_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(4242001)")
-_LAST_HASH = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
-_INSERT = insert(AuditEvent).returning(AuditEvent.id)
+_LAST_HASH = Prepared(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+_INSERT = Prepared(insert(AuditEvent).returning(AuditEvent.id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -67,6 +68,13 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 TZ = UtcDateTime()
 
 
+def _partial_index(table: str, column: str) -> Index:
+    """``ix_<table>_<column>`` over the rows where ``column`` is set (migration 0003): rows without a
+    value cost no index page when they are inserted, and ``=`` lookups still use it."""
+    where = text(f'"{column}" IS NOT NULL')
+    return Index(f"ix_{table}_{column}", column, sqlite_where=where, postgresql_where=where)
+
+
 class Base(DeclarativeBase):
     """Declarative base with the constraint naming convention Alembic batch mode needs."""
 
@@ -86,9 +94,9 @@ class SourceObject(Base):
     storage_path: Mapped[str] = mapped_column(String(512))
     kind: Mapped[str] = mapped_column(String(16))  # dicom | hl7 | file | pacs
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
-    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     object_version: Mapped[int] = mapped_column(Integer, default=1)
-    message_control_id: Mapped[str | None] = mapped_column(String(199), index=True)
+    message_control_id: Mapped[str | None] = mapped_column(String(199))
     message_type: Mapped[str | None] = mapped_column(String(32))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     peer_address: Mapped[str | None] = mapped_column(String(64))
@@ -96,6 +104,11 @@ class SourceObject(Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column()
     #: The bytes of a small object kept in the database (HL7 messages); not loaded unless asked for.
     content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+
+    __table_args__ = (
+        _partial_index("source_objects", "sop_instance_uid"),
+        _partial_index("source_objects", "message_control_id"),
+    )
 
 
 #: :attr:`SourceObject.storage_path` of an object whose bytes are in :attr:`SourceObject.content`.
@@ -308,19 +321,25 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(1))  # C R U D E
     outcome: Mapped[int] = mapped_column(Integer, default=0)  # 0 4 8 12
     occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
-    user: Mapped[str | None] = mapped_column(String(128), index=True)
+    user: Mapped[str | None] = mapped_column(String(128))
     role: Mapped[str | None] = mapped_column(String(32))
     ae_title: Mapped[str | None] = mapped_column(String(16))
     address: Mapped[str | None] = mapped_column(String(64))
-    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
     issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
     study_instance_uid: Mapped[str | None] = mapped_column(String(64))
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
-    ecg_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    ecg_id: Mapped[int | None] = mapped_column(Integer)
     query: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        _partial_index("audit_events", "user"),
+        _partial_index("audit_events", "patient_id"),
+        _partial_index("audit_events", "ecg_id"),
+    )
 
 
 class ApiToken(Base):

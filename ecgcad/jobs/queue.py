@@ -26,7 +26,8 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ecgcad.db.models import Job, utcnow
-from ecgcad.db.session import Database
+from ecgcad.db.prepared import Prepared, bound_to
+from ecgcad.db.session import Database, DirectTransaction
 from ecgcad.errors import QueueError
 
 logger = logging.getLogger(__name__)
@@ -117,15 +118,17 @@ class JobQueue(Protocol):
 
 
 @functools.cache
-def _defer_statement(dialect: str, dedupe: bool) -> Any:
-    """The INSERT of :meth:`SqlJobQueue.defer` (values as parameters, so it is compiled once)."""
+def _defer_statement(dialect: str, dedupe: bool) -> Prepared:
+    """The INSERT of :meth:`SqlJobQueue.defer`, compiled once (it is on the hot path of ingest)."""
     if not dedupe:
-        return insert(Job).returning(Job.id)
+        return Prepared(insert(Job).returning(Job.id))
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    return dialect_insert(Job).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Job.id)
+    return Prepared(
+        dialect_insert(Job).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Job.id)
+    )
 
 
 class SqlJobQueue:
@@ -159,7 +162,7 @@ class SqlJobQueue:
     # -- enqueue -----------------------------------------------------------------------------------------
     def defer(
         self,
-        session: Session,
+        session: Session | DirectTransaction,
         kind: str,
         payload: dict[str, Any],
         *,
@@ -184,8 +187,8 @@ class SqlJobQueue:
             "updated_at": now,
         }
         # Core on the session's connection: same transaction, no unit-of-work overhead (hot path of ingest).
-        conn = session.connection()
-        job_id = conn.execute(_defer_statement(conn.dialect.name, dedupe_key is not None), values).scalar()
+        dialect, _ = bound_to(session)
+        job_id = _defer_statement(dialect.name, dedupe_key is not None).execute(session, values)
         return int(job_id) if job_id is not None else None
 
     # -- claim -------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import logging
 import threading
@@ -31,10 +32,11 @@ from sqlalchemy.orm import Session
 from ecgcad.db import audit
 from ecgcad.db.models import IN_DATABASE, EcgRecord, SourceObject
 from ecgcad.db.objects import ObjectStore
-from ecgcad.db.session import Database
+from ecgcad.db.prepared import Prepared, bound_to
+from ecgcad.db.session import Database, DirectTransaction
 from ecgcad.errors import BackPressureError, EcgcadError, StorageError
 from ecgcad.integration.ecg import Ecg, EcgIdentifiers
-from ecgcad.jobs.queue import JobQueue
+from ecgcad.jobs.queue import JobQueue, SqlJobQueue
 from ecgcad.logsetup import uid_hash
 
 logger = logging.getLogger(__name__)
@@ -102,13 +104,26 @@ def ecg_row_from(ecg: Ecg | None, source_object_id: int) -> EcgRecord:
     return EcgRecord(**ecg_values(ecg, source_object_id))
 
 
-_EXISTING = select(SourceObject.id).where(SourceObject.sha256 == bindparam("sha"))
-_ECG_OF_SOURCE = select(EcgRecord.id).where(EcgRecord.source_object_id == bindparam("source_id"))
-_LATEST_VERSION = select(func.max(SourceObject.object_version)).where(
-    SourceObject.sop_instance_uid == bindparam("uid")
+_EXISTING = Prepared(select(SourceObject.id).where(SourceObject.sha256 == bindparam("sha")))
+_ECG_OF_SOURCE = Prepared(select(EcgRecord.id).where(EcgRecord.source_object_id == bindparam("source_id")))
+_LATEST_VERSION = Prepared(
+    select(func.max(SourceObject.object_version)).where(SourceObject.sop_instance_uid == bindparam("uid"))
 )
-_INSERT_SOURCE = insert(SourceObject).returning(SourceObject.id)
-_INSERT_ECG = insert(EcgRecord).returning(EcgRecord.id)
+_INSERT_SOURCE = Prepared(insert(SourceObject).returning(SourceObject.id))
+
+
+@functools.cache
+def _insert_new_source(dialect: str) -> Prepared:
+    """``INSERT … ON CONFLICT (sha256) DO NOTHING RETURNING id`` for ``dialect``."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    statement = dialect_insert(SourceObject).on_conflict_do_nothing(index_elements=["sha256"])
+    return Prepared(statement.returning(SourceObject.id))
+
+
+_INSERT_ECG = Prepared(insert(EcgRecord).returning(EcgRecord.id))
 
 
 class Ingestor:
@@ -146,6 +161,8 @@ class Ingestor:
         self._sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
         #: Most objects committed together in one group.
         self.max_group = 64
+        #: HL7 messages are committed in a direct transaction (SQLite with the embedded queue): no session.
+        self._direct = db.dialect == "sqlite" and isinstance(queue, SqlJobQueue)
 
     # -- back-pressure -----------------------------------------------------------------------------------
     def check_capacity(self, incoming_bytes: int = 0) -> None:
@@ -170,11 +187,20 @@ class Ingestor:
             values.update(storage_path=IN_DATABASE, content=data)
         else:
             values["storage_path"] = path
-        return int(session.connection().execute(_INSERT_SOURCE, values).scalar_one())
+        return int(_INSERT_SOURCE.execute(session, values))
 
     @staticmethod
-    def _existing(session: Session, sha: str) -> int | None:
-        found = session.connection().execute(_EXISTING, {"sha": sha}).scalar()
+    def _new_source(session: Tx, data: bytes, sha: str, **fields: Any) -> int | None:
+        """Insert the source-object row of bytes kept in the database, unless a row with ``sha`` exists
+        (one statement instead of a lookup and an insert); its id, or ``None`` when it exists."""
+        values = {"sha256": sha, "size": len(data), "storage_path": IN_DATABASE, "content": data, **fields}
+        dialect, _ = bound_to(session)
+        found = _insert_new_source(dialect.name).execute(session, values)
+        return int(found) if found is not None else None
+
+    @staticmethod
+    def _existing(session: Tx, sha: str) -> int | None:
+        found = _EXISTING.execute(session, {"sha": sha})
         return int(found) if found is not None else None
 
     def _notify(self) -> None:
@@ -183,6 +209,12 @@ class Ingestor:
                 self.on_enqueue()
             except Exception:  # noqa: BLE001 - waking is best effort
                 logger.debug("on_enqueue failed", exc_info=True)
+
+    def _defer(self, session: Tx, kind: str, payload: dict[str, Any], dedupe_key: str) -> int | None:
+        if isinstance(session, DirectTransaction):
+            assert isinstance(self.queue, SqlJobQueue)  # see ``_direct``
+            return self.queue.defer(session, kind, payload, dedupe_key=dedupe_key)
+        return self.queue.defer(session, kind, payload, dedupe_key=dedupe_key)
 
     # -- group commit ------------------------------------------------------------------------------------
     def _submit(self, data: bytes, apply: _Apply, *, in_database: bool = False) -> IngestResult:
@@ -259,16 +291,24 @@ class Ingestor:
             for i, (sha, path) in zip(group, located, strict=True):
                 i.result = i.error = None
                 if not isolate:
-                    i.result = i.apply(session, self._existing(session, sha), sha, path)
+                    existing = self._existing(session, sha) if i.look_up else None
+                    i.result = i.apply(session, existing, sha, path)
                     continue
                 try:
                     with session.begin_nested():
-                        i.result = i.apply(session, self._existing(session, sha), sha, path)
+                        existing = self._existing(session, sha) if i.look_up else None
+                        i.result = i.apply(session, existing, sha, path)
                 except Exception as exc:  # noqa: BLE001 - this item fails, the group goes on
                     logger.exception("ingest of one object failed")
                     i.error = StorageError(f"could not store the object: {type(exc).__name__}")
             if synced is not None:
                 synced.result()  # a failed flush raises StorageError: nothing is committed
+
+    def _apply_direct(self, group: list[_Pending], located: list[tuple[str, str | None]]) -> None:
+        with self.db.direct_transaction() as tx:
+            for i, (sha, path) in zip(group, located, strict=True):
+                assert i.direct_apply is not None
+                i.result, i.error = i.direct_apply(tx, None, sha, path), None
 
     def _commit_group(self, group: list[_Pending]) -> None:
         try:
@@ -278,6 +318,20 @@ class Ingestor:
                 for i in group:
                     i.error = exc
                 return
+            if self._direct and all(i.direct_apply is not None for i in group):
+                # HL7 messages only: one direct transaction (SQLite). If an item fails, the group runs
+                # again below, where each item gets its own savepoint.
+                try:
+                    self._apply_direct(group, located)
+                except EcgcadError as exc:
+                    for i in group:
+                        i.result, i.error = None, exc
+                    return
+                except Exception:  # noqa: BLE001 - rolled back: the general path sorts it out
+                    logger.debug("direct group commit failed, retrying per item", exc_info=True)
+                else:
+                    self._notify()
+                    return
             synced = self._start_sync() if any(not i.in_database for i in group) else None
             # Optimistic: the whole group in one plain transaction. Only when that fails (rare) is it run
             # again with a savepoint per item, so that one bad item does not sink the others.
@@ -335,9 +389,8 @@ class Ingestor:
         """
 
         def apply(session: Session, existing: int | None, sha: str, path: str | None) -> IngestResult:
-            conn = session.connection()
             if existing is not None:
-                ecg_id = conn.execute(_ECG_OF_SOURCE, {"source_id": existing}).scalar()
+                ecg_id = _ECG_OF_SOURCE.execute(session, {"source_id": existing})
                 logger.info(
                     "duplicate DICOM instance uid#%s acknowledged, not queued again",
                     uid_hash(sop_instance_uid),
@@ -345,7 +398,7 @@ class Ingestor:
                 return IngestResult(existing, ecg_id, None, duplicate=True)
             version = 1
             if sop_instance_uid:
-                prior = conn.execute(_LATEST_VERSION, {"uid": sop_instance_uid}).scalar()
+                prior = _LATEST_VERSION.execute(session, {"uid": sop_instance_uid})
                 if prior:
                     version = int(prior) + 1
             source_id = self._source(
@@ -370,7 +423,7 @@ class Ingestor:
                     sop_instance_uid=sop_instance_uid,
                     sop_class_uid=sop_class_uid,
                 )
-            ecg_id = int(conn.execute(_INSERT_ECG, row).scalar_one())
+            ecg_id = int(_INSERT_ECG.execute(session, row))
             job_id = self.queue.defer(session, "score", {"ecg_id": ecg_id}, dedupe_key=f"score:ecg:{ecg_id}")
             audit.record(
                 session,
@@ -422,7 +475,11 @@ class Ingestor:
         Returns, per message in order, its :class:`IngestResult` or the :class:`EcgcadError`
         (:class:`BackPressureError`, :class:`StorageError`) that says why it was not stored.
         """
-        items = self._submit_all([_Pending(m.data, self._hl7_apply(m, peer_address), True) for m in messages])
+        pending = []
+        for m in messages:
+            apply = self._hl7_apply(m, peer_address)
+            pending.append(_Pending(m.data, apply, True, look_up=False, direct_apply=apply))
+        items = self._submit_all(pending)
         out: list[IngestResult | EcgcadError] = []
         for item in items:
             if item.result is not None:
@@ -432,26 +489,23 @@ class Ingestor:
                 out.append(error if isinstance(error, EcgcadError) else StorageError("object was not stored"))
         return out
 
-    def _hl7_apply(self, message: Hl7Message, peer_address: str | None) -> _Apply:
+    def _hl7_apply(self, message: Hl7Message, peer_address: str | None) -> _DirectApply:
         data, control_id, message_type = message.data, message.control_id, message.message_type
 
-        def apply(session: Session, existing: int | None, sha: str, path: str | None) -> IngestResult:
-            if existing is not None:
-                logger.info("retransmitted HL7 msh10#%s acknowledged, not queued again", uid_hash(control_id))
-                return IngestResult(existing, None, None, duplicate=True)
-            source_id = self._source(
+        def apply(session: Tx, existing: int | None, sha: str, path: str | None) -> IngestResult:
+            source_id = self._new_source(
                 session,
                 data,
                 sha,
-                path,
                 kind="hl7",
                 message_control_id=control_id,
                 message_type=message_type,
                 peer_address=peer_address,
             )
-            job_id = self.queue.defer(
-                session, "hl7", {"source_object_id": source_id}, dedupe_key=f"hl7:src:{source_id}"
-            )
+            if source_id is None:
+                logger.info("retransmitted HL7 msh10#%s acknowledged, not queued again", uid_hash(control_id))
+                return IngestResult(self._existing(session, sha) or 0, None, None, duplicate=True)
+            job_id = self._defer(session, "hl7", {"source_object_id": source_id}, f"hl7:src:{source_id}")
             audit.record(
                 session,
                 "hl7.received",
@@ -469,7 +523,7 @@ class Ingestor:
 
         def apply(session: Session, existing: int | None, sha: str, path: str | None) -> IngestResult:
             if existing is not None:
-                ecg_id = session.connection().execute(_ECG_OF_SOURCE, {"source_id": existing}).scalar()
+                ecg_id = _ECG_OF_SOURCE.execute(session, {"source_id": existing})
                 return IngestResult(existing, ecg_id, None, duplicate=True)
             source_id = self._source(session, data, sha, path, kind=kind)
             job_id = self.queue.defer(
@@ -483,6 +537,9 @@ class Ingestor:
 
 #: ``apply(session, existing source-object id or None, sha256, path or None for bytes in the database)``
 _Apply = Callable[[Session, "int | None", str, "str | None"], IngestResult]
+Tx = Session | DirectTransaction
+#: An ``apply`` that also runs in a :class:`DirectTransaction`.
+_DirectApply = Callable[[Tx, "int | None", str, "str | None"], IngestResult]
 
 
 @dataclasses.dataclass(eq=False)
@@ -490,6 +547,10 @@ class _Pending:
     data: bytes
     apply: _Apply
     in_database: bool = False
+    #: Look up an existing row with the same SHA-256 before ``apply`` (else ``apply`` does it itself).
+    look_up: bool = True
+    #: ``apply`` again, for a :class:`DirectTransaction` (``None``: it needs a session).
+    direct_apply: _DirectApply | None = None
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: IngestResult | None = None
     error: Exception | None = None

@@ -1,0 +1,214 @@
+"""Prepared statements and direct transactions: the same rows as SQLAlchemy writes, in the caller's
+transaction (savepoints included), and the HL7 fast path stores what the session path stores."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy.orm import undefer
+
+from ecgcad.db import audit
+from ecgcad.db.models import AuditEvent, Job, SourceObject
+from ecgcad.db.objects import ObjectStore
+from ecgcad.db.prepared import Prepared
+from ecgcad.db.session import Database
+from ecgcad.errors import StorageError
+from ecgcad.jobs.queue import SqlJobQueue
+from ecgcad.pipeline.ingest import Hl7Message, Ingestor, _Pending
+
+_INSERT = Prepared(insert(SourceObject).returning(SourceObject.id))
+_BY_SHA = Prepared(select(SourceObject.id).where(SourceObject.sha256 == bindparam("sha")))
+_LATEST = Prepared(select(SourceObject.id).order_by(SourceObject.id.desc()).limit(1))
+
+
+def _source(sha: str) -> dict[str, Any]:
+    return {"sha256": sha, "size": 3, "storage_path": "/x", "kind": "file"}
+
+
+def _count(db: Database, model: type) -> int:
+    with db.session() as s:
+        return int(s.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def test_insert_applies_column_defaults_and_the_types_bind_processing(db: Database) -> None:
+    before = dt.datetime.now(dt.UTC)
+    with db.session() as s:
+        new_id = _INSERT.execute(s, _source("a" * 64))
+    with db.session() as s:
+        row = s.get(SourceObject, new_id)
+        assert row is not None and row.sha256 == "a" * 64 and row.kind == "file"
+        assert row.object_version == 1, "the column's Python-side default"
+        assert row.received_at.tzinfo is not None and before <= row.received_at <= dt.datetime.now(dt.UTC)
+
+
+def test_select_with_a_parameter_and_with_a_bound_limit(db: Database) -> None:
+    with db.session() as s:
+        first = _INSERT.execute(s, _source("a" * 64))
+        second = _INSERT.execute(s, _source("b" * 64))
+        assert _BY_SHA.execute(s, {"sha": "a" * 64}) == first
+        assert _BY_SHA.execute(s, {"sha": "c" * 64}) is None
+        assert _LATEST.execute(s, {}) == second
+
+
+def test_a_missing_value_is_refused() -> None:
+    from sqlalchemy.dialects import sqlite
+
+    with pytest.raises(ValueError, match="needs values for"):
+        _BY_SHA._compile(sqlite.dialect(), ())  # noqa: SLF001
+
+
+def test_statements_after_a_savepoint_begins_are_inside_it(db: Database) -> None:
+    """The kept connection is dropped when a savepoint begins, so that its SAVEPOINT is emitted first."""
+    with db.session() as s:
+        _INSERT.execute(s, _source("a" * 64))
+        try:
+            with s.begin_nested():
+                _INSERT.execute(s, _source("b" * 64))
+                raise RuntimeError("undo b")
+        except RuntimeError:
+            pass
+        _INSERT.execute(s, _source("c" * 64))
+    with db.session() as s:
+        shas = s.execute(select(SourceObject.sha256).order_by(SourceObject.id)).scalars().all()
+    assert shas == ["a" * 64, "c" * 64]
+
+
+def test_direct_transaction_commits_or_rolls_back(sqlite_db: Database) -> None:
+    with sqlite_db.direct_transaction() as tx:
+        _INSERT.execute(tx, _source("a" * 64))
+        audit.record(tx, "cli.action", detail={"n": 1})
+        audit.record(tx, "cli.action", detail={"n": 2})
+    with pytest.raises(RuntimeError), sqlite_db.direct_transaction() as tx:
+        _INSERT.execute(tx, _source("b" * 64))
+        audit.record(tx, "cli.action", detail={"n": 3})
+        raise RuntimeError("roll back")
+    with sqlite_db.session() as s:
+        audit.record(s, "cli.action", detail={"n": 4})
+    with sqlite_db.direct_transaction() as tx:
+        audit.record(tx, "cli.action", detail={"n": 5})
+    assert _count(sqlite_db, SourceObject) == 1
+    with sqlite_db.session() as s:
+        report = audit.verify_session(s)
+        details = s.execute(select(AuditEvent.detail).order_by(AuditEvent.id)).scalars().all()
+    assert report.ok, report.reason
+    assert [d["n"] for d in details] == [1, 2, 4, 5]
+
+
+def test_direct_transaction_reports_a_locked_database_as_storage_error(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    path = sqlite_db.engine.url.database
+    assert path is not None
+    monkeypatch.setattr("ecgcad.db.session.SQLITE_BUSY_TIMEOUT_MS", 100)
+    db = Database(sqlite_db.url)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(StorageError, match="locked"), db.direct_transaction():
+            pass
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with db.direct_transaction() as tx:  # the lock is free again: a new connection is taken
+        _INSERT.execute(tx, _source("a" * 64))
+    db.dispose()
+    assert _count(sqlite_db, SourceObject) == 1
+
+
+def test_direct_transaction_is_for_sqlite_only(postgres_server: Any) -> None:
+    from ecgcad.db.migrate import upgrade
+
+    url = postgres_server.create_database()
+    upgrade(url)
+    db = Database(url)
+    with pytest.raises(NotImplementedError), db.direct_transaction():
+        pass
+    db.dispose()
+
+
+def _hl7(i: int) -> bytes:
+    return f"MSH|^~\\&|CART|WARD|ECGCAD|HOSP|20240101120000||ORU^R01|M{i}|P|2.5.1\rPID|1||P{i}\r".encode()
+
+
+def _rows(db: Database) -> list[tuple[Any, ...]]:
+    """What an HL7 ingest stored, without ids and times."""
+    with db.session() as s:
+        sources = [
+            (
+                o.sha256,
+                o.size,
+                o.storage_path,
+                o.kind,
+                o.object_version,
+                o.message_control_id,
+                o.message_type,
+                o.peer_address,
+                o.content,
+                o.deleted_at,
+            )  # fmt: skip
+            for o in s.execute(
+                select(SourceObject).options(undefer(SourceObject.content)).order_by(SourceObject.id)
+            ).scalars()
+        ]
+        jobs = [
+            (j.kind, j.payload, j.dedupe_key, j.state, j.priority, j.attempts, j.max_attempts, j.lease_until)
+            for j in s.execute(select(Job).order_by(Job.id)).scalars()
+        ]
+        events = [
+            (e.event_id, e.event_type, e.action, e.outcome, e.address, e.detail, e.user, e.patient_id)
+            for e in s.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars()
+        ]
+        assert audit.verify_session(s).ok
+    return [*sources, *jobs, *events]
+
+
+def test_hl7_direct_path_stores_what_the_session_path_stores(tmp_path: Path) -> None:
+    from ecgcad.db.migrate import upgrade
+
+    stored = []
+    for direct in (True, False):
+        url = f"sqlite:///{tmp_path / f'direct-{direct}.db'}"
+        upgrade(url)
+        db = Database(url)
+        ingestor = Ingestor(db, ObjectStore(tmp_path / f"objects-{direct}"), SqlJobQueue(db))
+        ingestor._direct = direct  # noqa: SLF001
+        outcomes = ingestor.ingest_hl7_many(
+            [Hl7Message(_hl7(i), f"M{i}", "ORU^R01") for i in range(3)], peer_address="10.0.0.9"
+        )
+        again = ingestor.ingest_hl7(_hl7(1), control_id="M1", message_type="ORU^R01", peer_address="10.0.0.9")
+        assert again.duplicate and again.job_id is None
+        assert again.source_object_id == outcomes[1].source_object_id  # type: ignore[union-attr]
+        stored.append(_rows(db))
+        db.dispose()
+    assert stored[0] == stored[1]
+    assert len(stored[0]) == 9
+
+
+def test_a_failing_item_in_a_direct_group_does_not_sink_the_others(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    ingestor = Ingestor(sqlite_db, ObjectStore(tmp_path / "objects"), SqlJobQueue(sqlite_db))
+    assert ingestor._direct  # noqa: SLF001
+
+    def boom(session, existing, sha, path):  # type: ignore[no-untyped-def]
+        audit.record(session, "cli.action", detail={"about": "to fail"})
+        raise RuntimeError("constraint violated")
+
+    def item(i: int) -> _Pending:
+        apply = ingestor._hl7_apply(Hl7Message(_hl7(i), f"M{i}", "ORU^R01"), None)  # noqa: SLF001
+        return _Pending(_hl7(i), apply, True, look_up=False, direct_apply=apply)
+
+    items = ingestor._submit_all(  # noqa: SLF001
+        [item(0), item(1), _Pending(b"bad", boom, True, look_up=False, direct_apply=boom), item(2)]
+    )
+    assert [type(i.error) for i in items] == [type(None)] * 2 + [StorageError] + [type(None)]
+    assert _count(sqlite_db, SourceObject) == 3 and _count(sqlite_db, Job) == 3
+    with sqlite_db.session() as s:
+        assert audit.verify_session(s).ok
+    assert _count(sqlite_db, AuditEvent) == 3
