@@ -107,9 +107,9 @@ class Prepared:
             bound[name] = default(None)
         for name, processor in compiled.processors:
             bound[name] = processor(bound[name])
-        cursor = dbapi_connection.cursor()
+        # ``Connection.execute`` (sqlite3 and psycopg both have it): a cursor, executed.
+        cursor = dbapi_connection.execute(compiled.sql, bound if compiled.order is None else compiled.order(bound))
         try:
-            cursor.execute(compiled.sql, bound if compiled.order is None else compiled.order(bound))
             if cursor.description is None:
                 return None
             row = cursor.fetchone()

@@ -79,26 +79,24 @@ class MessageHeader:
     application_acknowledgment_type: str = ""
     character_set: str = ""
 
+    #: MSH-9.1 (``ORU``), MSH-9.2 (``R01``) and both ``^``-joined whatever the separators (``ORU^R01``):
+    #: derived from :attr:`message_type` once (they are read several times per message).
+    message_code: str = dataclasses.field(init=False, repr=False, compare=False)
+    trigger_event: str = dataclasses.field(init=False, repr=False, compare=False)
+    type_code: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = self.message_type.split(self.component_separator)
+        code = parts[0].upper()
+        event = parts[1].upper() if len(parts) > 1 else ""
+        object.__setattr__(self, "message_code", code)
+        object.__setattr__(self, "trigger_event", event)
+        object.__setattr__(self, "type_code", f"{code}^{event}" if event else code)
+
     @property
     def component_separator(self) -> str:
         """MSH-2 component separator (``^``)."""
         return self.encoding_characters[:1] or "^"
-
-    @property
-    def message_code(self) -> str:
-        """MSH-9.1 (``ORU``)."""
-        return self.message_type.split(self.component_separator)[0].upper()
-
-    @property
-    def trigger_event(self) -> str:
-        """MSH-9.2 (``R01``)."""
-        parts = self.message_type.split(self.component_separator)
-        return parts[1].upper() if len(parts) > 1 else ""
-
-    @property
-    def type_code(self) -> str:
-        """``ORU^R01`` (code and event, ``^``-joined whatever the separators)."""
-        return f"{self.message_code}^{self.trigger_event}" if self.trigger_event else self.message_code
 
     @property
     def enhanced_mode(self) -> bool:

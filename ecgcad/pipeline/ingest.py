@@ -502,17 +502,21 @@ class Ingestor:
                 message_type=message_type,
                 peer_address=peer_address,
             )
+            control = uid_hash(control_id)
             if source_id is None:
-                logger.info("retransmitted HL7 msh10#%s acknowledged, not queued again", uid_hash(control_id))
-                return IngestResult(self._existing(session, sha) or 0, None, None, duplicate=True)
+                existing = self._existing(session, sha)
+                if existing is None:  # the conflict was on the SHA-256: the row is there
+                    raise StorageError("source object vanished during its insert")
+                logger.info("retransmitted HL7 msh10#%s acknowledged, not queued again", control)
+                return IngestResult(existing, None, None, duplicate=True)
             job_id = self._defer(session, "hl7", {"source_object_id": source_id}, f"hl7:src:{source_id}")
             audit.record(
                 session,
                 "hl7.received",
                 address=peer_address,
-                detail={"sha256": sha, "message_type": message_type, "control_id_hash": uid_hash(control_id)},
+                detail={"sha256": sha, "message_type": message_type, "control_id_hash": control},
             )
-            logger.info("stored HL7 %s msh10#%s (job %s)", message_type, uid_hash(control_id), job_id)
+            logger.info("stored HL7 %s msh10#%s (job %s)", message_type, control, job_id)
             return IngestResult(source_id, None, job_id)
 
         return apply
