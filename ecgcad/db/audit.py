@@ -89,7 +89,11 @@ def _canonical(event: AuditEvent | dict[str, Any]) -> bytes:
                 value = value.replace(tzinfo=dt.UTC)
             value = value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         data[name] = value
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return _CANONICAL_JSON.encode(data).encode()
+
+
+#: ``json.dumps(…, sort_keys=True, separators=(",", ":"), default=str)``, built once.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 def event_hash(prev_hash: str, event: AuditEvent | dict[str, Any]) -> str:

@@ -59,11 +59,38 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def bind_processor(self, dialect: Any) -> Any:
+        """On SQLite, :meth:`process_bind_param` and SQLite's own text format in one step (five timestamps
+        go into the rows of every message received); the same text, tested against the two-step one."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        utc = dt.UTC
+
+        def process(value: dt.datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is not None:
+                value = value.astimezone(utc)
+            return _SQLITE_FORMAT % (
+                value.year,
+                value.month,
+                value.day,
+                value.hour,
+                value.minute,
+                value.second,
+                value.microsecond,
+            )
+
+        return process
+
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
+
+#: SQLAlchemy's default text for a SQLite ``DATETIME`` (``sqlalchemy.dialects.sqlite.DATETIME``).
+_SQLITE_FORMAT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
 
 TZ = UtcDateTime()
 

@@ -108,7 +108,9 @@ class Prepared:
         for name, processor in compiled.processors:
             bound[name] = processor(bound[name])
         # ``Connection.execute`` (sqlite3 and psycopg both have it): a cursor, executed.
-        cursor = dbapi_connection.execute(compiled.sql, bound if compiled.order is None else compiled.order(bound))
+        cursor = dbapi_connection.execute(
+            compiled.sql, bound if compiled.order is None else compiled.order(bound)
+        )
         try:
             if cursor.description is None:
                 return None

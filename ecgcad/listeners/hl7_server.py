@@ -304,9 +304,10 @@ class Hl7Server:
         answers: list[bytes | None] = [None] * len(messages)
         to_store: list[tuple[int, MessageHeader]] = []
         for n, message in enumerate(messages):
-            header, answer = await self._check(message, peer)
+            header, answer, reason = self._check(message, peer)
             if header is None:
                 answers[n] = answer
+                await self._run(self._audit, "hl7.rejected", outcome=4, address=peer, detail=reason)
             else:
                 to_store.append((n, header))
         if not to_store:
@@ -330,29 +331,27 @@ class Hl7Server:
             answers[n] = self._answer(header, outcome)
         return answers
 
-    async def _check(self, message: bytes, peer: str) -> tuple[MessageHeader | None, bytes | None]:
-        """The header of a message to store, or ``(None, the AR answer)`` for one to reject."""
+    def _check(
+        self, message: bytes, peer: str
+    ) -> tuple[MessageHeader | None, bytes | None, dict[str, Any] | None]:
+        """``(header, None, None)`` for a message to store, or ``(None, the AR answer, the audited reason)``
+        for one to reject."""
         s = self.settings
         try:
             header = hl7_ack.parse_header(message)
         except Hl7HeaderError as exc:
             logger.warning("rejected message from %s: %s", peer, exc)
-            await self._run(self._audit, "hl7.rejected", outcome=4, address=peer, detail={"reason": str(exc)})
-            return None, self._ack(None, "reject", str(exc), exc.code, exc.location)
+            return None, self._ack(None, "reject", str(exc), exc.code, exc.location), {"reason": str(exc)}
         if not is_supported(header) and not s.accept_other_types:
             reason = f"message type {header.type_code} is not accepted"
-            logger.info(
-                "rejected %s msh10#%s from %s", header.type_code, uid_hash(header.message_control_id), peer
+            control = uid_hash(header.message_control_id)
+            logger.info("rejected %s msh10#%s from %s", header.type_code, control, peer)
+            return (
+                None,
+                self._ack(header, "reject", reason, hl7_ack.ERR_UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9"),
+                {"reason": reason, "control_id_hash": control},
             )
-            await self._run(
-                self._audit,
-                "hl7.rejected",
-                outcome=4,
-                address=peer,
-                detail={"reason": reason, "control_id_hash": uid_hash(header.message_control_id)},
-            )
-            return None, self._ack(header, "reject", reason, hl7_ack.ERR_UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9")
-        return header, None
+        return header, None, None
 
     def _answer(self, header: MessageHeader, outcome: Any) -> bytes | None:
         """The ACK for a message the ingestor stored (an :class:`IngestResult`) or refused (an exception)."""

@@ -212,3 +212,27 @@ def test_a_failing_item_in_a_direct_group_does_not_sink_the_others(
     with sqlite_db.session() as s:
         assert audit.verify_session(s).ok
     assert _count(sqlite_db, AuditEvent) == 3
+
+
+def test_sqlite_timestamps_bind_as_the_two_step_processing_would() -> None:
+    """``UtcDateTime`` fuses its UTC conversion and SQLite's text format: the text must not change."""
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.types import TypeDecorator
+
+    from ecgcad.db.models import UtcDateTime
+
+    dialect = sqlite.dialect()
+    impl = UtcDateTime().dialect_impl(dialect)
+    fused = impl.bind_processor(dialect)
+    two_step = TypeDecorator.bind_processor(impl, dialect)
+    assert fused is not None and two_step is not None
+    values = [
+        None,
+        dt.datetime(2026, 11, 27, 12, 0, 0),
+        dt.datetime(2026, 11, 27, 12, 0, 0, 5, tzinfo=dt.UTC),
+        dt.datetime(1999, 1, 2, 3, 4, 5, 999999, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        dt.datetime(2026, 3, 29, 1, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        dt.datetime(2, 1, 1),
+    ]
+    assert [fused(v) for v in values] == [two_step(v) for v in values]
+    assert fused(values[3]) == "1999-01-02 08:04:05.999999"
