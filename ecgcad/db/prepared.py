@@ -8,7 +8,8 @@ binds the values and runs the text on the DBAPI cursor of the caller's connectio
 so the same transaction as everything else the caller does.
 
 An ``INSERT`` is compiled for the keys it is given (once per dialect and sequence of keys); the columns'
-Python-side defaults fill the others, as SQLAlchemy would. Expanding ``IN`` parameters are not supported.
+Python-side defaults fill the others, as SQLAlchemy would (a callable default is called without an
+execution context, so it must not need one). Expanding ``IN`` parameters are not supported.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Prepared:
                     fixed[column.key] = column.default.arg
             # Values bound in the statement itself (a LIMIT, a literal in a WHERE).
             for bind, name in compiled.bind_names.items():
-                if name in keys or name in fixed or not (not bind.required and bind.callable is None):
+                if name in keys or name in fixed or bind.required or bind.callable is not None:
                     continue
                 if name not in {n for n, _ in generated}:
                     fixed[name] = bind.effective_value

@@ -4,8 +4,9 @@ An asyncio server runs in its own thread. Each connection is read through our
 :class:`~ecgcad.integration.mllp.MllpDecoder`; every complete message gets a fast header check
 (:func:`~ecgcad.integration.hl7_ack.parse_header`) and is handed to
 :meth:`~ecgcad.pipeline.ingest.Ingestor.ingest_hl7_many` in a worker thread, which commits the raw message
-with its ``hl7`` job in one transaction (frames that arrived together share it); while only one connection is
-open, the loop's thread does that itself. Only after that returns is the ACK sent. Messages on one connection are answered in order; the full parse and waveform decoding happen later in the worker.
+with its ``hl7`` job in one transaction (frames that arrived together share it); while only one connection
+is open, the loop's thread does that itself. Only after that returns is the ACK sent. Messages on one
+connection are answered in order; the full parse and waveform decoding happen later in the worker.
 
 Answers (original mode / enhanced mode, see :mod:`ecgcad.integration.hl7_ack`):
 

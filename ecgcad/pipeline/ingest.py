@@ -211,6 +211,7 @@ class Ingestor:
                 logger.debug("on_enqueue failed", exc_info=True)
 
     def _defer(self, session: Tx, kind: str, payload: dict[str, Any], dedupe_key: str) -> int | None:
+        """Queue a job in ``session``'s transaction (a direct one only exists with the embedded queue)."""
         if isinstance(session, DirectTransaction):
             assert isinstance(self.queue, SqlJobQueue)  # see ``_direct``
             return self.queue.defer(session, kind, payload, dedupe_key=dedupe_key)
@@ -318,7 +319,7 @@ class Ingestor:
                 for i in group:
                     i.error = exc
                 return
-            if self._direct and all(i.direct_apply is not None for i in group):
+            if self._direct and all(i.in_database and i.direct_apply is not None for i in group):
                 # HL7 messages only: one direct transaction (SQLite). If an item fails, the group runs
                 # again below, where each item gets its own savepoint.
                 try:
