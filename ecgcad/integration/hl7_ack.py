@@ -20,6 +20,7 @@ import datetime as dt
 import itertools
 import os
 import re
+import time
 from typing import Literal
 
 from ecgcad.errors import DecodeError
@@ -204,8 +205,22 @@ _counter = itertools.count(1)
 
 
 def _new_control_id() -> str:
-    now = dt.datetime.now(dt.UTC)
-    return f"ACK{now:%Y%m%d%H%M%S}{os.getpid() % 100000:05d}{next(_counter) % 1000000:06d}"
+    """``ACK`` + the second (``YYYYMMDDHHMMSS``) + process id + a counter."""
+    return f"ACK{_utc_stamp()}{os.getpid() % 100000:05d}{next(_counter) % 1000000:06d}"
+
+
+_stamp_cache: tuple[int, str] = (-1, "")
+
+
+def _utc_stamp() -> str:
+    """Now, UTC, as ``YYYYMMDDHHMMSS`` (formatted once per second: every ACK needs it twice)."""
+    global _stamp_cache
+    second = int(time.time())
+    cached_second, text = _stamp_cache
+    if cached_second != second:
+        text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y%m%d%H%M%S")
+        _stamp_cache = (second, text)
+    return text
 
 
 def escape(text: str, header: MessageHeader | None = None) -> str:
@@ -264,7 +279,7 @@ def build_ack(
     h = header or MessageHeader()
     fs = h.field_separator
     comp = h.component_separator
-    ts = (timestamp or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
+    ts = timestamp.strftime("%Y%m%d%H%M%S") if timestamp is not None else _utc_stamp()
     trigger = h.trigger_event
     msh = [
         "MSH",

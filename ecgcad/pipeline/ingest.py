@@ -23,6 +23,7 @@ import functools
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -167,15 +168,15 @@ class Ingestor:
     # -- back-pressure -----------------------------------------------------------------------------------
     def check_capacity(self, incoming_bytes: int = 0) -> None:
         """Raise :class:`BackPressureError` when the queue is too deep or the disk under its reserve."""
-        import time
-
         self.store.check_space(incoming_bytes)
         now = time.monotonic()
-        with self._lock:
-            stamp, depth = self._depth_cache
-            if now - stamp > 0.5:
-                depth = self.queue.depth()
-                self._depth_cache = (now, depth)
+        stamp, depth = self._depth_cache  # one tuple, replaced whole: read without the lock
+        if now - stamp > 0.5:
+            with self._lock:
+                stamp, depth = self._depth_cache
+                if now - stamp > 0.5:
+                    depth = self.queue.depth()
+                    self._depth_cache = (now, depth)
         if depth >= self.max_depth:
             raise BackPressureError(f"job queue depth {depth} is at its limit {self.max_depth}")
 
