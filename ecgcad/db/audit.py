@@ -21,7 +21,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from ecgcad.db.models import AuditEvent, utcnow
-from ecgcad.db.prepared import Prepared, bound_to
+from ecgcad.db.prepared import DirectInsert, Prepared, bound_to
 from ecgcad.db.session import DirectTransaction
 
 GENESIS = "0" * 64
@@ -168,7 +168,10 @@ def record(
         "prev_hash": prev or GENESIS,
     }
     values["hash"] = event_hash(values["prev_hash"], values)
-    event_id = int(_INSERT.execute(session, values))
+    if isinstance(session, DirectTransaction):
+        event_id = int(_DIRECT_INSERT.execute(session, *[values[name] for name in _DIRECT_INSERT.columns]))
+    else:
+        event_id = int(_INSERT.execute(session, values))
     session.info[_TAIL_KEY] = values["hash"]
     return event_id
 
@@ -185,6 +188,11 @@ def _forget_tail(session: Session, transaction: Any) -> None:
 _PG_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(4242001)")
 _LAST_HASH = Prepared(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
 _INSERT = Prepared(insert(AuditEvent).returning(AuditEvent.id))
+_DIRECT_INSERT = DirectInsert(
+    AuditEvent.__table__,  # type: ignore[arg-type]
+    (*_HASHED_FIELDS, "prev_hash", "hash"),
+    returning="id",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ecgcad.db.models import Job, utcnow
-from ecgcad.db.prepared import Prepared, bound_to
+from ecgcad.db.prepared import DirectInsert, Prepared, bound_to
 from ecgcad.db.session import Database, DirectTransaction
 from ecgcad.errors import QueueError
 
@@ -131,6 +131,23 @@ def _defer_statement(dialect: str, dedupe: bool) -> Prepared:
     )
 
 
+_DEFER_COLUMNS = (
+    "kind",
+    "payload",
+    "dedupe_key",
+    "state",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "run_after",
+    "created_at",
+    "updated_at",
+)
+#: :meth:`SqlJobQueue.defer` in a direct transaction (the listeners' SQLite path).
+_DIRECT_DEFER = DirectInsert(Job.__table__, _DEFER_COLUMNS, on_conflict="dedupe_key", returning="id")  # type: ignore[arg-type]
+_DIRECT_DEFER_PLAIN = DirectInsert(Job.__table__, _DEFER_COLUMNS, returning="id")  # type: ignore[arg-type]
+
+
 class SqlJobQueue:
     """The embedded engine: jobs in the ``jobs`` table (SQLite; also runs on PostgreSQL).
 
@@ -187,8 +204,12 @@ class SqlJobQueue:
             "updated_at": now,
         }
         # Core on the session's connection: same transaction, no unit-of-work overhead (hot path of ingest).
-        dialect, _ = bound_to(session)
-        job_id = _defer_statement(dialect.name, dedupe_key is not None).execute(session, values)
+        if isinstance(session, DirectTransaction):
+            statement = _DIRECT_DEFER if dedupe_key is not None else _DIRECT_DEFER_PLAIN
+            job_id = statement.execute(session, *[values[name] for name in statement.columns])
+        else:
+            dialect, _ = bound_to(session)
+            job_id = _defer_statement(dialect.name, dedupe_key is not None).execute(session, values)
         return int(job_id) if job_id is not None else None
 
     # -- claim -------------------------------------------------------------------------------------------

@@ -31,9 +31,9 @@ from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from ecgcad.db import audit
-from ecgcad.db.models import IN_DATABASE, EcgRecord, SourceObject
+from ecgcad.db.models import IN_DATABASE, EcgRecord, SourceObject, utcnow
 from ecgcad.db.objects import ObjectStore
-from ecgcad.db.prepared import Prepared, bound_to
+from ecgcad.db.prepared import DirectInsert, Prepared, bound_to
 from ecgcad.db.session import Database, DirectTransaction
 from ecgcad.errors import BackPressureError, EcgcadError, StorageError
 from ecgcad.integration.ecg import Ecg, EcgIdentifiers
@@ -124,6 +124,24 @@ def _insert_new_source(dialect: str) -> Prepared:
     return Prepared(statement.returning(SourceObject.id))
 
 
+#: :meth:`Ingestor._new_source` for an HL7 message in a direct transaction (SQLite).
+_DIRECT_NEW_SOURCE = DirectInsert(
+    SourceObject.__table__,  # type: ignore[arg-type]
+    (
+        "sha256",
+        "size",
+        "storage_path",
+        "content",
+        "kind",
+        "message_control_id",
+        "message_type",
+        "peer_address",
+        "object_version",
+        "received_at",
+    ),
+    on_conflict="sha256",
+    returning="id",
+)
 _INSERT_ECG = Prepared(insert(EcgRecord).returning(EcgRecord.id))
 
 
@@ -195,8 +213,19 @@ class Ingestor:
         """Insert the source-object row of bytes kept in the database, unless a row with ``sha`` exists
         (one statement instead of a lookup and an insert); its id, or ``None`` when it exists."""
         values = {"sha256": sha, "size": len(data), "storage_path": IN_DATABASE, "content": data, **fields}
-        dialect, _ = bound_to(session)
-        found = _insert_new_source(dialect.name).execute(session, values)
+        if isinstance(session, DirectTransaction):
+            values.setdefault("object_version", 1)
+            values.setdefault("received_at", utcnow())
+            if len(values) != len(_DIRECT_NEW_SOURCE.columns):  # a field the direct insert would drop
+                raise ValueError(
+                    f"direct source insert takes {_DIRECT_NEW_SOURCE.columns}, not {sorted(values)}"
+                )
+            found = _DIRECT_NEW_SOURCE.execute(
+                session, *[values[name] for name in _DIRECT_NEW_SOURCE.columns]
+            )
+        else:
+            dialect, _ = bound_to(session)
+            found = _insert_new_source(dialect.name).execute(session, values)
         return int(found) if found is not None else None
 
     @staticmethod

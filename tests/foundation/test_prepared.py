@@ -4,12 +4,12 @@ transaction (savepoints included), and the HL7 fast path stores what the session
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, func, insert, select
-from sqlalchemy.orm import undefer
 
 from ecgcad.db import audit
 from ecgcad.db.models import AuditEvent, Job, SourceObject
@@ -136,39 +136,44 @@ def _hl7(i: int) -> bytes:
     return f"MSH|^~\\&|CART|WARD|ECGCAD|HOSP|20240101120000||ORU^R01|M{i}|P|2.5.1\rPID|1||P{i}\r".encode()
 
 
-def _rows(db: Database) -> list[tuple[Any, ...]]:
-    """What an HL7 ingest stored, without ids and times."""
+_STORED_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+
+
+def _stored(db: Database) -> dict[str, list[dict[str, Any]]]:
+    """Every column of every row an HL7 ingest wrote, as SQLite stores it (text, not Python values).
+
+    Timestamps must have SQLAlchemy's text form and are then masked; so are the audit hashes, which
+    cover the timestamps (the chain is verified instead).
+    """
+    import sqlite3
+
+    path = db.engine.url.database
+    assert path is not None
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    out: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for table in ("source_objects", "jobs", "audit_events"):
+            rows = []
+            for row in conn.execute(f"SELECT * FROM {table} ORDER BY id"):  # noqa: S608 - our table names
+                stored = dict(row)
+                for name, value in stored.items():
+                    if name.endswith("_at") or name in {"run_after"}:
+                        assert value is None or _STORED_TIME.match(value), (table, name, value)
+                        stored[name] = "<time>" if value is not None else None
+                if table == "audit_events":
+                    stored["prev_hash"] = stored["hash"] = "<hash>"
+                rows.append(stored)
+            out[table] = rows
+    finally:
+        conn.close()
     with db.session() as s:
-        sources = [
-            (
-                o.sha256,
-                o.size,
-                o.storage_path,
-                o.kind,
-                o.object_version,
-                o.message_control_id,
-                o.message_type,
-                o.peer_address,
-                o.content,
-                o.deleted_at,
-            )  # fmt: skip
-            for o in s.execute(
-                select(SourceObject).options(undefer(SourceObject.content)).order_by(SourceObject.id)
-            ).scalars()
-        ]
-        jobs = [
-            (j.kind, j.payload, j.dedupe_key, j.state, j.priority, j.attempts, j.max_attempts, j.lease_until)
-            for j in s.execute(select(Job).order_by(Job.id)).scalars()
-        ]
-        events = [
-            (e.event_id, e.event_type, e.action, e.outcome, e.address, e.detail, e.user, e.patient_id)
-            for e in s.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars()
-        ]
         assert audit.verify_session(s).ok
-    return [*sources, *jobs, *events]
+    return out
 
 
 def test_hl7_direct_path_stores_what_the_session_path_stores(tmp_path: Path) -> None:
+    """Column by column, as stored: the direct path (its own INSERTs) and the session path agree."""
     from ecgcad.db.migrate import upgrade
 
     stored = []
@@ -176,18 +181,28 @@ def test_hl7_direct_path_stores_what_the_session_path_stores(tmp_path: Path) -> 
         url = f"sqlite:///{tmp_path / f'direct-{direct}.db'}"
         upgrade(url)
         db = Database(url)
-        ingestor = Ingestor(db, ObjectStore(tmp_path / f"objects-{direct}"), SqlJobQueue(db))
+        ingestor = Ingestor(db, ObjectStore(tmp_path / f"objects-{direct}"), SqlJobQueue(db, max_attempts=7))
         ingestor._direct = direct  # noqa: SLF001
         outcomes = ingestor.ingest_hl7_many(
             [Hl7Message(_hl7(i), f"M{i}", "ORU^R01") for i in range(3)], peer_address="10.0.0.9"
         )
+        ingestor.ingest_hl7_many([Hl7Message(_hl7(3), None, None)])  # no MSH-10, no type, no peer
         again = ingestor.ingest_hl7(_hl7(1), control_id="M1", message_type="ORU^R01", peer_address="10.0.0.9")
         assert again.duplicate and again.job_id is None
         assert again.source_object_id == outcomes[1].source_object_id  # type: ignore[union-attr]
-        stored.append(_rows(db))
+        stored.append(_stored(db))
         db.dispose()
-    assert stored[0] == stored[1]
-    assert len(stored[0]) == 9
+    direct_rows, session_rows = stored
+    assert [len(direct_rows[t]) for t in ("source_objects", "jobs", "audit_events")] == [4, 4, 4]
+    assert direct_rows == session_rows
+    assert {job["max_attempts"] for job in direct_rows["jobs"]} == {7}
+
+
+def test_direct_insert_refuses_a_column_the_table_lacks() -> None:
+    from ecgcad.db.prepared import DirectInsert
+
+    with pytest.raises(KeyError):
+        DirectInsert(SourceObject.__table__, ("sha256", "no_such_column"))  # type: ignore[arg-type]
 
 
 def test_a_failing_item_in_a_direct_group_does_not_sink_the_others(
