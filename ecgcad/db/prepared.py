@@ -68,7 +68,8 @@ class Prepared:
     def _compile(self, dialect: Dialect, given: tuple[str, ...]) -> _Compiled:
         with self._lock:
             keys = set(given)
-            compiled = self.statement.compile(dialect=dialect, column_keys=sorted(keys))  # type: ignore[attr-defined]
+            statement: Any = self.statement
+            compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
             params = set(compiled.bind_names.values())
             fixed: dict[str, Any] = {}
             generated: list[tuple[str, Callable[[Any], Any]]] = []
@@ -157,7 +158,8 @@ class DirectInsert:
         self.table = table
         self.columns = columns
         cols = [table.c[name] for name in columns]  # KeyError for a column the table does not have
-        sql = f"INSERT INTO {table.name} ({', '.join(c.name for c in cols)}) VALUES ({', '.join('?' * len(cols))})"
+        names, marks = ", ".join(c.name for c in cols), ", ".join("?" * len(cols))
+        sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"
         if on_conflict is not None:
             sql += f" ON CONFLICT ({table.c[on_conflict].name}) DO NOTHING"
         if returning is not None:

@@ -144,8 +144,9 @@ _DEFER_COLUMNS = (
     "updated_at",
 )
 #: :meth:`SqlJobQueue.defer` in a direct transaction (the listeners' SQLite path).
-_DIRECT_DEFER = DirectInsert(Job.__table__, _DEFER_COLUMNS, on_conflict="dedupe_key", returning="id")  # type: ignore[arg-type]
-_DIRECT_DEFER_PLAIN = DirectInsert(Job.__table__, _DEFER_COLUMNS, returning="id")  # type: ignore[arg-type]
+_JOBS: Any = Job.__table__
+_DIRECT_DEFER = DirectInsert(_JOBS, _DEFER_COLUMNS, on_conflict="dedupe_key", returning="id")
+_DIRECT_DEFER_PLAIN = DirectInsert(_JOBS, _DEFER_COLUMNS, returning="id")
 
 
 class SqlJobQueue:
