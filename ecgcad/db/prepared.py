@@ -111,16 +111,9 @@ class Prepared:
         for name, processor in compiled.processors:
             bound[name] = processor(bound[name])
         # ``Connection.execute`` (sqlite3 and psycopg both have it): a cursor, executed.
-        cursor = dbapi_connection.execute(
-            compiled.sql, bound if compiled.order is None else compiled.order(bound)
+        return _first_value(
+            dbapi_connection.execute(compiled.sql, bound if compiled.order is None else compiled.order(bound))
         )
-        try:
-            if cursor.description is None:
-                return None
-            row = cursor.fetchone()
-            return None if row is None else row[0]
-        finally:
-            cursor.close()
 
 
 class DirectInsert:
@@ -186,12 +179,26 @@ class DirectInsert:
         params = list(values)
         for n, processor in self._processors_for(tx.dialect):
             params[n] = processor(params[n])
-        cursor = tx.dbapi_connection.execute(self.sql, params)
-        try:
-            row = cursor.fetchone() if cursor.description is not None else None
-            return None if row is None else row[0]
-        finally:
-            cursor.close()
+        return _first_value(tx.dbapi_connection.execute(self.sql, params))
+
+
+def insert_ignoring_conflict(dialect: str, model: Any, column: str) -> Any:
+    """``INSERT INTO model … ON CONFLICT (column) DO NOTHING`` in ``dialect``'s own construct (PostgreSQL's
+    or SQLite's; both take the same arguments), for a :class:`Prepared` statement."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    return dialect_insert(model).on_conflict_do_nothing(index_elements=[column])
+
+
+def _first_value(cursor: Any) -> Any:
+    """The first column of the cursor's first row (``None`` without a row or a result), cursor closed."""
+    try:
+        row = cursor.fetchone() if cursor.description is not None else None
+        return None if row is None else row[0]
+    finally:
+        cursor.close()
 
 
 def bound_to(on: Session | Connection | DirectTransaction) -> tuple[Dialect, Any]:
@@ -223,4 +230,4 @@ def _forget_bound(session: Session, transaction: Any) -> None:
     session.info.pop(_BOUND_KEY, None)
 
 
-__all__ = ["DirectInsert", "Prepared", "bound_to"]
+__all__ = ["DirectInsert", "Prepared", "bound_to", "insert_ignoring_conflict"]

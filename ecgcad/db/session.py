@@ -197,11 +197,15 @@ class Database:
         except sqlite3.Error:
             self._drop_kept()
 
-    def _drop_kept(self) -> None:
+    def _drop_kept(self, *, broken: bool = True) -> None:
+        """Forget the kept connection: invalidated when ``broken`` (never back in the pool), else closed."""
         kept, self._kept = self._kept, None
         if kept is not None:
             with contextlib.suppress(Exception):
-                kept.invalidate()
+                if broken:
+                    kept.invalidate()
+                else:
+                    kept.close()
 
     def new_session(self) -> Session:
         """A plain session (the caller manages its transactions)."""
@@ -219,8 +223,5 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections (and the one kept for direct transactions)."""
         with self._write_lock:
-            kept, self._kept = self._kept, None
-            if kept is not None:
-                with contextlib.suppress(Exception):
-                    kept.close()
+            self._drop_kept(broken=False)
         self.engine.dispose()

@@ -26,7 +26,7 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ecgcad.db.models import Job, utcnow
-from ecgcad.db.prepared import DirectInsert, Prepared, bound_to
+from ecgcad.db.prepared import DirectInsert, Prepared, bound_to, insert_ignoring_conflict
 from ecgcad.db.session import Database, DirectTransaction
 from ecgcad.errors import QueueError
 
@@ -122,13 +122,7 @@ def _defer_statement(dialect: str, dedupe: bool) -> Prepared:
     """The INSERT of :meth:`SqlJobQueue.defer`, compiled once (it is on the hot path of ingest)."""
     if not dedupe:
         return Prepared(insert(Job).returning(Job.id))
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    return Prepared(
-        dialect_insert(Job).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Job.id)
-    )
+    return Prepared(insert_ignoring_conflict(dialect, Job, "dedupe_key").returning(Job.id))
 
 
 _DEFER_COLUMNS = (

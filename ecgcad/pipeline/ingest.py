@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from ecgcad.db import audit
 from ecgcad.db.models import IN_DATABASE, EcgRecord, SourceObject, utcnow
 from ecgcad.db.objects import ObjectStore
-from ecgcad.db.prepared import DirectInsert, Prepared, bound_to
+from ecgcad.db.prepared import DirectInsert, Prepared, bound_to, insert_ignoring_conflict
 from ecgcad.db.session import Database, DirectTransaction
 from ecgcad.errors import BackPressureError, EcgcadError, StorageError
 from ecgcad.integration.ecg import Ecg, EcgIdentifiers
@@ -116,12 +116,7 @@ _INSERT_SOURCE = Prepared(insert(SourceObject).returning(SourceObject.id))
 @functools.cache
 def _insert_new_source(dialect: str) -> Prepared:
     """``INSERT … ON CONFLICT (sha256) DO NOTHING RETURNING id`` for ``dialect``."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    statement = dialect_insert(SourceObject).on_conflict_do_nothing(index_elements=["sha256"])
-    return Prepared(statement.returning(SourceObject.id))
+    return Prepared(insert_ignoring_conflict(dialect, SourceObject, "sha256").returning(SourceObject.id))
 
 
 #: :meth:`Ingestor._new_source` for an HL7 message in a direct transaction (SQLite).
