@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -124,3 +126,15 @@ def tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed")
     return path
+
+
+@pytest.fixture
+def pyscp() -> Iterator[Any]:
+    """A pynetdicom storage SCP (``tests.results.test_senders.StorageScp``), closed after the test."""
+    from tests.results.test_senders import StorageScp  # the module imports this one
+
+    scp = StorageScp()
+    try:
+        yield scp
+    finally:
+        scp.close()

@@ -25,7 +25,7 @@ from ecgcad.pipeline.delivery import SenderPool, checkout_sender, sender_pool
 from ecgcad.testing.fake_predictor import FakePredictor
 from tests.peers import StoreScp, wait_for
 from tests.results.conftest import make_input
-from tests.results.test_senders import MllpSink, StorageScp, _copies, _with_control_id
+from tests.results.test_senders import MllpSink, _copies, _with_control_id
 from tests.scaleout.conftest import drain
 
 REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
@@ -48,15 +48,6 @@ def sink() -> Iterator[MllpSink]:
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture
-def pyscp() -> Iterator[StorageScp]:
-    scp = StorageScp()
-    try:
-        yield scp
-    finally:
-        scp.close()
 
 
 def _ehr(port: int, **over: object) -> DestinationSettings:

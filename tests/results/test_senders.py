@@ -425,15 +425,6 @@ class StorageScp:
         self.server.shutdown()
 
 
-@pytest.fixture
-def pyscp() -> Iterator[StorageScp]:
-    scp = StorageScp()
-    try:
-        yield scp
-    finally:
-        scp.close()
-
-
 def test_kept_association_keeps_the_status_classification(pyscp, sr):
     statuses = [0x0000, 0xA700, 0xB000, 0x0122, 0xC000, 0xFE00, 0x0000]
     pyscp.statuses = list(statuses)
