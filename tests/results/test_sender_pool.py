@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pydicom.data
 import pytest
 from sqlalchemy import select
 
@@ -18,17 +17,15 @@ from ecgcad.context import AppContext
 from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Delivery
 from ecgcad.integration.oru import build_oru
-from ecgcad.integration.readers import decode
 from ecgcad.integration.senders import DicomStoreSender, MllpSender, SendOutcome
 from ecgcad.integration.sr import build_stenosis_sr
 from ecgcad.pipeline.delivery import SenderPool, checkout_sender, sender_pool
 from ecgcad.testing.fake_predictor import FakePredictor
 from tests.peers import StoreScp, wait_for
+from tests.pipeline.test_flow import _ingest_real
 from tests.results.conftest import make_input
 from tests.results.test_senders import MllpSink, _copies, _with_control_id
 from tests.scaleout.conftest import drain
-
-REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
 
 
 @pytest.fixture(scope="module")
@@ -193,16 +190,7 @@ def test_deliveries_of_one_result_share_the_pooled_association(tmp_path, sink, p
     ctx = AppContext.from_settings(settings)
     try:
         ctx.set_predictor(FakePredictor(fixed={"rca": 0.4, "lm": 0.005, "lad": 0.1, "lcx": 0.2}))
-        data = REAL_ECG.read_bytes()
-        ecg = decode(data)
-        ctx.ingestor.ingest_dicom(
-            data,
-            sop_class_uid=ecg.identifiers.sop_class_uid,
-            sop_instance_uid=ecg.identifiers.sop_instance_uid,
-            ecg=ecg,
-            calling_ae="CART",
-            peer_address="127.0.0.1",
-        )
+        _ingest_real(ctx)
         drain(ctx)
         with ctx.db.session() as s:
             states = sorted((d.object_kind, d.state) for d in s.execute(select(Delivery)).scalars())
