@@ -5,7 +5,7 @@ Mortara ECG (``waveform_ecg.dcm``, 1000 Hz, rhythm + median groups) for:
 
 - baseline: ``pydicom.dcmread`` + ``Dataset.waveform_array(0)`` (raw physical values, µV, float64, no lead
   mapping, no unit conversion);
-- ecgcad: :func:`ecgcad.integration.readers.decode` (group choice, lead mapping by code, mV float32,
+- ecgcad: :func:`ecgcad.integration.formats.readers.decode` (group choice, lead mapping by code, mV float32,
   identifiers) — the target is under 5 ms;
 - the other formats, for scale (MUSE XML, aECG XML, HL7 ORU with ED and with an MA waveform).
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pydicom  # noqa: E402
 
-from ecgcad.integration.readers import decode  # noqa: E402
+from ecgcad.integration.formats.readers import decode  # noqa: E402
 from ecgcad.testing import ecg_writers as w  # noqa: E402
 
 TARGET_MS = 5.0

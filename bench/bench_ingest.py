@@ -41,7 +41,7 @@ from pydicom.uid import generate_uid  # noqa: E402
 from ecgcad.config import load_settings  # noqa: E402
 from ecgcad.context import AppContext  # noqa: E402
 from ecgcad.db.migrate import upgrade  # noqa: E402
-from ecgcad.integration.mllp import MllpDecoder, frame  # noqa: E402
+from ecgcad.integration.transport.mllp import MllpDecoder, frame  # noqa: E402
 from ecgcad.listeners.dicom_scp import DicomScp, supported_contexts  # noqa: E402
 from ecgcad.listeners.hl7_server import Hl7Server  # noqa: E402
 

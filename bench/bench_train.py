@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from ecgcad.model.checkpoint import load_checkpoint
-from ecgcad.model.dataset import build_synthetic_store
-from ecgcad.model.evaluate import evaluate_predictions
-from ecgcad.model.evaluate_data import predict_store
-from ecgcad.model.evaluate_report import write_report
 from ecgcad.model.predictor import TorchPredictor
-from ecgcad.model.train import TrainConfig, train, width_architecture
+from ecgcad.training.dataset import build_synthetic_store
+from ecgcad.training.evaluate import evaluate_predictions
+from ecgcad.training.evaluate_data import predict_store
+from ecgcad.training.evaluate_report import write_report
+from ecgcad.training.train import TrainConfig, train, width_architecture
 
 TRAIN_SEED, HELD_OUT_SEED = 20250101, 20250999
 

@@ -21,7 +21,7 @@ def tracing_png(ctx: Any, ecg: EcgRecord, source: SourceObject) -> bytes:
         The stored object is missing.
     """
     try:
-        from ecgcad.integration.readers import decode
+        from ecgcad.integration.formats.readers import decode
     except ModuleNotFoundError as exc:
         raise DecodeError("no ECG readers installed") from exc
     try:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ecgcad.integration.ecg import LEADS, TARGET_RATE_HZ, TARGET_SAMPLES, Ecg, EcgIdentifiers
+from ecgcad.integration.formats.ecg import LEADS, TARGET_RATE_HZ, TARGET_SAMPLES, Ecg, EcgIdentifiers
 
 __all__ = ["LEADS", "TARGET_RATE_HZ", "TARGET_SAMPLES", "Ecg", "EcgIdentifiers"]

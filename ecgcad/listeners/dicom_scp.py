@@ -1,6 +1,6 @@
 """The DICOM C-STORE SCP: receives resting ECGs and acknowledges only what is durably stored.
 
-Each C-STORE is decoded to a canonical :class:`~ecgcad.integration.ecg.Ecg` (a well-formed dataset that fails
+Each C-STORE is decoded to a canonical :class:`~ecgcad.integration.formats.ecg.Ecg` (a well-formed dataset that fails
 decoding is still stored, with its decode failure) and handed to
 :meth:`~ecgcad.pipeline.ingest.Ingestor.ingest_dicom`, which writes the bytes (fsync) and commits the source
 object, the ECG row, the scoring job and an audit event in one transaction. Only after it returns does the
@@ -48,8 +48,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ecgcad.context import AppContext
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, DecodeError, StorageError
-from ecgcad.integration.dicom_encode import part10_file
-from ecgcad.integration.ecg import Ecg
+from ecgcad.integration.formats.ecg import Ecg
+from ecgcad.integration.reports.dicom_encode import part10_file
 from ecgcad.listeners.allowlist import AddressAllowList
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
@@ -92,7 +92,7 @@ def supported_contexts() -> list[PresentationContext]:
 
 
 def _default_decoder() -> Decoder:
-    from ecgcad.integration.readers import decode
+    from ecgcad.integration.formats.readers import decode
 
     return decode
 
@@ -130,7 +130,7 @@ class DicomScp:
     ctx:
         Settings (``ctx.settings.dicom``), database (audit) and the ingestor.
     decoder:
-        ``decode(data, *, filename=None) -> Ecg``; default :func:`ecgcad.integration.readers.decode`.
+        ``decode(data, *, filename=None) -> Ecg``; default :func:`ecgcad.integration.formats.readers.decode`.
     """
 
     def __init__(self, ctx: AppContext, *, decoder: Decoder | None = None) -> None:

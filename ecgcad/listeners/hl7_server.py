@@ -1,14 +1,14 @@
 """The HL7 v2 MLLP server: persistent connections, acknowledging only what is durably stored.
 
 An asyncio server runs in its own thread. Each connection is read through our
-:class:`~ecgcad.integration.mllp.MllpDecoder`; every complete message gets a fast header check
-(:func:`~ecgcad.integration.hl7_ack.parse_header`) and is handed to
+:class:`~ecgcad.integration.transport.mllp.MllpDecoder`; every complete message gets a fast header check
+(:func:`~ecgcad.integration.transport.hl7_ack.parse_header`) and is handed to
 :meth:`~ecgcad.pipeline.ingest.Ingestor.ingest_hl7_many` in a worker thread, which commits the raw message
 with its ``hl7`` job in one transaction (frames that arrived together share it); while only one connection
 is open, the loop's thread does that itself. Only after that returns is the ACK sent. Messages on one
 connection are answered in order; the full parse and waveform decoding happen later in the worker.
 
-Answers (original mode / enhanced mode, see :mod:`ecgcad.integration.hl7_ack`):
+Answers (original mode / enhanced mode, see :mod:`ecgcad.integration.transport.hl7_ack`):
 
 =============================================================  ==========  ==================================
 message                                                        MSA-1       then
@@ -33,9 +33,9 @@ from typing import Any
 from ecgcad.context import AppContext
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, StorageError
-from ecgcad.integration import hl7_ack
-from ecgcad.integration.hl7_ack import Hl7HeaderError, MessageHeader
-from ecgcad.integration.mllp import MllpDecoder, MllpFrameTooLarge, frame
+from ecgcad.integration.transport import hl7_ack
+from ecgcad.integration.transport.hl7_ack import Hl7HeaderError, MessageHeader
+from ecgcad.integration.transport.mllp import MllpDecoder, MllpFrameTooLarge, frame
 from ecgcad.listeners.allowlist import AddressAllowList
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash

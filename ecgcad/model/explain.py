@@ -14,7 +14,7 @@ import numpy as np
 from scipy import signal as sps
 
 from ecgcad.errors import ModelError
-from ecgcad.integration.ecg import LEADS
+from ecgcad.integration.formats.ecg import LEADS
 from ecgcad.model.preprocess import PreprocessingRecipe, filter_signals
 from ecgcad.model.risk import VESSELS
 

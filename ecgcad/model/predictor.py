@@ -1,7 +1,7 @@
 """Batched prediction: the :class:`Predictor` protocol and its torch implementation.
 
 The worker hands a predictor micro-batches of canonical signals (``(B, 12, 5000)`` float32 mV, 500 Hz —
-``ecgcad.integration.signal.canonical_window(ecg).signal`` stacked) and stores one :class:`Prediction` per
+``ecgcad.integration.formats.signal.canonical_window(ecg).signal`` stacked) and stores one :class:`Prediction` per
 ECG together with what the predictor says about itself (:meth:`Predictor.describe`).
 
 ``model_version`` is ``"<name>-<version>+<first 8 hex digits of the checkpoint SHA-256>"``, e.g.

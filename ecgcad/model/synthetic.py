@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from ecgcad.integration.ecg import LEADS, TARGET_RATE_HZ, TARGET_SAMPLES
+from ecgcad.integration.formats.ecg import LEADS, TARGET_RATE_HZ, TARGET_SAMPLES
 from ecgcad.model.risk import VESSELS
 
 #: Default prevalence per vessel, in :data:`VESSELS` order.
@@ -40,7 +40,7 @@ class SyntheticSet:
     Attributes
     ----------
     signals:
-        float32 ``(n, 12, 5000)`` mV at 500 Hz in :data:`~ecgcad.integration.ecg.LEADS` order.
+        float32 ``(n, 12, 5000)`` mV at 500 Hz in :data:`~ecgcad.integration.formats.ecg.LEADS` order.
     labels:
         uint8 ``(n, 4)`` in :data:`VESSELS` order.
     heart_rate:

@@ -355,7 +355,7 @@ def _unseen(ctx: Any, instances: list[PacsInstance]) -> list[PacsInstance]:
 
 def _store_handler(ctx: Any, report: BackfillReport) -> Callable[[Any], int]:
     """A C-STORE handler (C-GET sub-operations): decode, then ingest as kind ``pacs``."""
-    from ecgcad.integration.readers import decode
+    from ecgcad.integration.formats.readers import decode
 
     def on_store(event: Any) -> int:
         try:

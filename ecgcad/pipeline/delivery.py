@@ -29,7 +29,7 @@ from ecgcad.config import DestinationSettings
 from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, Result, utcnow
 from ecgcad.errors import BuildError, DeliveryError, EcgcadError, PermanentDeliveryError
-from ecgcad.integration.senders import DicomStoreSender, MllpSender, Sender, SendOutcome
+from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, Sender, SendOutcome
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.reports import build_report_input
@@ -228,13 +228,13 @@ def build_payload(
     """The object to send and its identifier (SOP Instance UID or MSH-10).
 
     The SR and the Encapsulated PDF are encoded here (DICOM Part 10, Explicit VR Little Endian, by
-    :func:`ecgcad.integration.dicom_encode.encode_part10`): the sender sends their data set as it is, and
+    :func:`ecgcad.integration.reports.dicom_encode.encode_part10`): the sender sends their data set as it is, and
     the ORU is its ER7 bytes.
     """
-    from ecgcad.integration.dicom_encode import encode_part10
-    from ecgcad.integration.oru import OruProfile, build_oru, control_id_for
-    from ecgcad.integration.pdf import build_encapsulated_pdf, render_report_pdf
-    from ecgcad.integration.sr import build_stenosis_sr
+    from ecgcad.integration.reports.dicom_encode import encode_part10
+    from ecgcad.integration.reports.oru import OruProfile, build_oru, control_id_for
+    from ecgcad.integration.reports.pdf import build_encapsulated_pdf, render_report_pdf
+    from ecgcad.integration.reports.sr import build_stenosis_sr
 
     rs = ctx.settings.reports
     with_pdf = delivery.object_kind == "pdf" or (delivery.object_kind == "oru" and rs.oru_include_pdf)

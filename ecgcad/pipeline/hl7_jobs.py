@@ -2,7 +2,7 @@
 
 The MLLP server stored the raw message and acknowledged it; here it is parsed in full:
 
-* ``ORU^R01`` — decoded to a canonical ECG (:func:`ecgcad.integration.readers.decode`); the ECG row is
+* ``ORU^R01`` — decoded to a canonical ECG (:func:`ecgcad.integration.formats.readers.decode`); the ECG row is
   created (or, when decoding fails, a row with ``decode_status = "failed"`` and the reason: the ECG is then
   reported "not evaluated", never dropped), linked to a stored order by placer / filler order number or
   accession number, and its ``score`` job is queued in the same transaction.
@@ -26,7 +26,7 @@ from ecgcad.context import AppContext
 from ecgcad.db.models import EcgRecord, Order, SourceObject
 from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, QueueError
-from ecgcad.integration.hl7_ack import Hl7HeaderError, OrderInfo, parse_header, parse_order
+from ecgcad.integration.transport.hl7_ack import Hl7HeaderError, OrderInfo, parse_header, parse_order
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.ingest import ecg_row_from
@@ -45,7 +45,7 @@ class NotRetryable(QueueError):
 
 
 def _default_decoder() -> Decoder:
-    from ecgcad.integration.readers import decode
+    from ecgcad.integration.formats.readers import decode
 
     return decode
 
@@ -60,7 +60,7 @@ def make_hl7_handler(
     ctx:
         Database, object store and queue.
     decoder:
-        ``decode(data, *, filename=None) -> Ecg``; default :func:`ecgcad.integration.readers.decode`.
+        ``decode(data, *, filename=None) -> Ecg``; default :func:`ecgcad.integration.formats.readers.decode`.
 
     Returns
     -------

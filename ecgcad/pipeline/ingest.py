@@ -36,7 +36,7 @@ from ecgcad.db.objects import ObjectStore
 from ecgcad.db.prepared import DirectInsert, Prepared, bound_to, insert_ignoring_conflict
 from ecgcad.db.session import Database, DirectTransaction
 from ecgcad.errors import BackPressureError, EcgcadError, StorageError
-from ecgcad.integration.ecg import Ecg, EcgIdentifiers
+from ecgcad.integration.formats.ecg import Ecg, EcgIdentifiers
 from ecgcad.jobs.queue import JobQueue, SqlJobQueue
 from ecgcad.logsetup import uid_hash
 

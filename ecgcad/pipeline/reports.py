@@ -1,4 +1,4 @@
-"""From stored rows to a :class:`~ecgcad.integration.report.StenosisReportInput` and its objects."""
+"""From stored rows to a :class:`~ecgcad.integration.reports.content.StenosisReportInput` and its objects."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from ecgcad.db.models import EcgRecord, Order, Result, SourceObject
 from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, EcgcadError, NotScorableError
-from ecgcad.integration.ecg import EcgIdentifiers
-from ecgcad.integration.report import PredecessorReference, StenosisReportInput, result_uids
+from ecgcad.integration.formats.ecg import EcgIdentifiers
+from ecgcad.integration.reports.content import PredecessorReference, StenosisReportInput, result_uids
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def _identifiers(ecg: EcgRecord) -> EcgIdentifiers:
 
 
 def _canonical_signal(ctx: Any, raw: bytes) -> np.ndarray | None:
-    from ecgcad.integration.readers import decode
-    from ecgcad.integration.signal import canonical_window
+    from ecgcad.integration.formats.readers import decode
+    from ecgcad.integration.formats.signal import canonical_window
 
     try:
         return np.asarray(
@@ -196,6 +196,6 @@ def _input(
 
 def report_pdf_for_result(ctx: Any, session: Session, result: Result) -> bytes:
     """The one-page PDF report of ``result``."""
-    from ecgcad.integration.pdf import render_report_pdf
+    from ecgcad.integration.reports.pdf import render_report_pdf
 
     return render_report_pdf(build_report_input(ctx, session, result, with_signal=True))

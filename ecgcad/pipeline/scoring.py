@@ -72,9 +72,9 @@ def _jsonable(value: Any) -> Any:
 
 def prepare(ctx: Any, session: Session, ecg: EcgRecord) -> _Prepared:
     """Decode, gate and window one ECG; a failure becomes a coded not-evaluated reason."""
-    from ecgcad.integration.gate import check
-    from ecgcad.integration.readers import decode
-    from ecgcad.integration.signal import canonical_window
+    from ecgcad.integration.formats.gate import check
+    from ecgcad.integration.formats.readers import decode
+    from ecgcad.integration.formats.signal import canonical_window
 
     prep = _Prepared(job=None, ecg_id=ecg.id)  # type: ignore[arg-type]
     if ecg.decode_status == "failed":
@@ -369,7 +369,7 @@ def make_decode_handler(ctx: Any) -> Any:
     """The worker handler for ``decode`` jobs (files dropped or ingested by the CLI / PACS poll)."""
 
     def handle(jobs: list[ClaimedJob]) -> None:
-        from ecgcad.integration.readers import decode
+        from ecgcad.integration.formats.readers import decode
         from ecgcad.pipeline.ingest import ecg_row_from
 
         for job in jobs:

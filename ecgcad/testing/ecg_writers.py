@@ -1,8 +1,8 @@
 """Writers of ECG test material in every format ecgcad reads, built from real signals.
 
 Shared by the test suites of all areas and by integrators who need sample input. Every writer takes a
-canonical :class:`~ecgcad.integration.ecg.Ecg` *or* a ``(12, n)`` millivolt array (rows in
-:data:`~ecgcad.integration.ecg.LEADS` order) plus its sampling rate, quantises it the way the vendor format
+canonical :class:`~ecgcad.integration.formats.ecg.Ecg` *or* a ``(12, n)`` millivolt array (rows in
+:data:`~ecgcad.integration.formats.ecg.LEADS` order) plus its sampling rate, quantises it the way the vendor format
 does, and returns the encoded bytes:
 
 - :func:`real_dicom_ecg_bytes` / :func:`real_ecg` — pydicom's real Mortara 12-lead ECG (1000 Hz, µV);
@@ -31,7 +31,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from ecgcad.integration.ecg import LEADS, Ecg, EcgIdentifiers
+from ecgcad.integration.formats.ecg import LEADS, Ecg, EcgIdentifiers
 
 TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"
@@ -111,7 +111,7 @@ def _real_bytes() -> bytes:
 
 def real_ecg() -> Ecg:
     """pydicom's real ECG decoded by ecgcad (a fresh object each call)."""
-    from ecgcad.integration.readers import decode
+    from ecgcad.integration.formats.readers import decode
 
     return decode(real_dicom_ecg_bytes())
 
@@ -126,7 +126,7 @@ def real_signal(sampling_rate: float = 500.0, seconds: float = 10.0) -> np.ndarr
     seconds:
         Duration; a record longer than 10 s repeats the real 10 s.
     """
-    from ecgcad.integration.signal import resample_to
+    from ecgcad.integration.formats.signal import resample_to
 
     ecg = real_ecg()
     x = resample_to(ecg.signal, ecg.sampling_rate, sampling_rate)

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
 
-from ecgcad.integration.senders import SendOutcome
+from ecgcad.integration.transport.senders import SendOutcome
 
 
 class FakeSender:
-    """A :class:`~ecgcad.integration.senders.Sender` that records payloads and replays scripted outcomes.
+    """A :class:`~ecgcad.integration.transport.senders.Sender` that records payloads and replays scripted outcomes.
 
     Parameters
     ----------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgcad.integration.ecg import Ecg
+from ecgcad.integration.formats.ecg import Ecg
 from ecgcad.testing import ecg_writers as w
 
 
@@ -30,6 +30,6 @@ def x1000() -> np.ndarray:
 @pytest.fixture
 def real(real_bytes: bytes) -> Ecg:
     """The real ECG decoded (fresh per test: tests may modify it)."""
-    from ecgcad.integration.readers import decode
+    from ecgcad.integration.formats.readers import decode
 
     return decode(real_bytes)

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecgcad.errors import DecodeError
-from ecgcad.integration.ecg import Ecg
-from ecgcad.integration.readers import decode
+from ecgcad.integration.formats.ecg import Ecg
+from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 
 PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,8 +9,8 @@ import pydicom
 import pytest
 
 from ecgcad.errors import DecodeError, UnsupportedFormatError
-from ecgcad.integration.ecg import LEADS
-from ecgcad.integration.readers import decode
+from ecgcad.integration.formats.ecg import LEADS
+from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 
 STEP_MV = 2.5e-3  # default builder sensitivity: 2.5 µV per count

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ecgcad.config import GateSettings
-from ecgcad.integration.ecg import LEADS, Ecg
-from ecgcad.integration.gate import check
-from ecgcad.integration.readers import decode
+from ecgcad.integration.formats.ecg import LEADS, Ecg
+from ecgcad.integration.formats.gate import check
+from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 
 

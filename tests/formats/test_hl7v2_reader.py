@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ecgcad.errors import DecodeError, UnsupportedFormatError
-from ecgcad.integration.ecg import LEADS
-from ecgcad.integration.readers import decode
+from ecgcad.integration.formats.ecg import LEADS
+from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 
 T = w.TEST_IDENTIFIERS

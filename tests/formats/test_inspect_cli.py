@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ecgcad.cli import app
-from ecgcad.integration.signal import canonical_window
+from ecgcad.integration.formats.signal import canonical_window
 from ecgcad.testing import ecg_writers as w
 
 runner = CliRunner()

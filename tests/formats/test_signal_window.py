@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ecgcad.errors import NotScorableError
-from ecgcad.integration.ecg import Ecg
-from ecgcad.integration.signal import canonical_window
+from ecgcad.integration.formats.ecg import Ecg
+from ecgcad.integration.formats.signal import canonical_window
 
 
 def _sines(rate: float, seconds: float, freq: float) -> np.ndarray:

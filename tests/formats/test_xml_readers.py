@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ecgcad.errors import DecodeError, UnsupportedFormatError
-from ecgcad.integration.ecg import LEADS
-from ecgcad.integration.readers import decode
+from ecgcad.integration.formats.ecg import LEADS
+from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 
 MUSE_STEP = 4.88e-3

@@ -12,7 +12,7 @@ from ecgcad.db.models import AuditEvent, EcgRecord, Job, SourceObject
 from ecgcad.db.objects import ObjectStore
 from ecgcad.db.session import Database
 from ecgcad.errors import BackPressureError
-from ecgcad.integration.ecg import Ecg, EcgIdentifiers
+from ecgcad.integration.formats.ecg import Ecg, EcgIdentifiers
 from ecgcad.jobs.queue import SqlJobQueue
 from ecgcad.pipeline.ingest import Ingestor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from ecgcad.integration.mllp import MllpDecoder, frame
+from ecgcad.integration.transport.mllp import MllpDecoder, frame
 
 PATIENT_NAME = "TESTPATIENT^SECRET"
 PATIENT_ID = "PID-SECRET-4711"

@@ -342,7 +342,7 @@ def test_stored_file_meta_names_the_instance_transfer_syntax_and_sender(start_sc
 def test_part10_pads_odd_values_and_counts_the_group_length() -> None:
     import io
 
-    from ecgcad.integration.dicom_encode import part10_file as part10
+    from ecgcad.integration.reports.dicom_encode import part10_file as part10
 
     data = part10(
         b"",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecgcad.integration.hl7_ack import (
+from ecgcad.integration.transport.hl7_ack import (
     ERR_REQUIRED_FIELD_MISSING,
     Hl7HeaderError,
     ack_code,

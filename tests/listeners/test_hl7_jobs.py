@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from ecgcad.context import AppContext
 from ecgcad.db.models import EcgRecord, Job, Order
 from ecgcad.errors import DecodeError
-from ecgcad.integration.ecg import Ecg, EcgIdentifiers
+from ecgcad.integration.formats.ecg import Ecg, EcgIdentifiers
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.pipeline.hl7_jobs import make_hl7_handler
 from tests.listeners.hl7util import oru

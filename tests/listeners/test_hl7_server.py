@@ -16,7 +16,7 @@ from sqlalchemy import event, func, select
 from ecgcad.context import AppContext
 from ecgcad.db.models import AuditEvent, Job, SourceObject
 from ecgcad.db.session import Database
-from ecgcad.integration.mllp import frame
+from ecgcad.integration.transport.mllp import frame
 from ecgcad.listeners.hl7_server import Hl7Server
 from tests.listeners.hl7util import PATIENT_ID, PATIENT_NAME, SocketClient, asyncio_send_all, msa, oru
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecgcad.integration.mllp import MllpDecoder, MllpFrameTooLarge, frame
+from ecgcad.integration.transport.mllp import MllpDecoder, MllpFrameTooLarge, frame
 
 MSG = b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5.1\rPID|1||42\r"
 

@@ -33,7 +33,7 @@ def fake_readers(monkeypatch: pytest.MonkeyPatch) -> None:
             return None, [{"code": "decode-error", "text": "not an ECG"}]
         return signals[index[path.name]], []
 
-    monkeypatch.setattr("ecgcad.model.cli.canonical_signal", canonical_signal)
+    monkeypatch.setattr("ecgcad.cli.model.canonical_signal", canonical_signal)
 
 
 def test_score_json_prints_one_line_per_ecg_and_the_disclaimer_on_stderr(
@@ -84,11 +84,11 @@ def test_score_with_a_bad_checkpoint_fails_with_one_line(tmp_path: Path) -> None
 
 
 def test_score_on_pydicoms_real_ecg() -> None:
-    pytest.importorskip("ecgcad.integration.gate", reason="gate not merged yet")
-    pytest.importorskip("ecgcad.integration.signal", reason="canonical_window not merged yet")
-    readers = pytest.importorskip("ecgcad.integration.readers")
+    pytest.importorskip("ecgcad.integration.formats.gate", reason="gate not merged yet")
+    pytest.importorskip("ecgcad.integration.formats.signal", reason="canonical_window not merged yet")
+    readers = pytest.importorskip("ecgcad.integration.formats.readers")
     if not hasattr(readers, "decode"):
-        pytest.skip("ecgcad.integration.readers.decode not merged yet")
+        pytest.skip("ecgcad.integration.formats.readers.decode not merged yet")
     from pydicom.data import get_testdata_file
 
     path = get_testdata_file("waveform_ecg.dcm")

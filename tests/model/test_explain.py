@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ecgcad.errors import ModelError
-from ecgcad.integration.ecg import LEADS
+from ecgcad.integration.formats.ecg import LEADS
 from ecgcad.model import explain, median_beats
 from ecgcad.model.explain import r_peaks
 from ecgcad.model.synthetic import synthesize_ecg

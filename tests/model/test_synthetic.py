@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecgcad.integration.ecg import LEADS
+from ecgcad.integration.formats.ecg import LEADS
 from ecgcad.model.synthetic import generate, synthesize_ecg
 
 L = {name: k for k, name in enumerate(LEADS)}

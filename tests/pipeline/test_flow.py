@@ -16,9 +16,9 @@ from ecgcad.config import load_settings
 from ecgcad.context import AppContext
 from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import AuditEvent, Delivery, EcgRecord, Job, Result
-from ecgcad.integration.ecg import EcgIdentifiers
-from ecgcad.integration.readers import decode
-from ecgcad.integration.senders import SendOutcome
+from ecgcad.integration.formats.ecg import EcgIdentifiers
+from ecgcad.integration.formats.readers import decode
+from ecgcad.integration.transport.senders import SendOutcome
 from ecgcad.jobs.worker import Worker
 from ecgcad.pipeline import actions
 from ecgcad.pipeline.handlers import register_handlers

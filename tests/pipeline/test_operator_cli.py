@@ -69,7 +69,7 @@ def test_deliveries_list_and_resend_and_rescore_commands(tmp_path: Path) -> None
     settings = load_settings(cfg)
     upgrade(settings)
     ctx = AppContext.from_settings(settings)
-    from ecgcad.integration.readers import decode
+    from ecgcad.integration.formats.readers import decode
 
     data = real_dicom_ecg_bytes()
     ecg = decode(data)

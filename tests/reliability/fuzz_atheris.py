@@ -3,7 +3,7 @@
     pip install atheris            # needs clang/libFuzzer; not in the dev dependencies (may not install)
     python tests/reliability/fuzz_atheris.py -max_total_time=600 corpus/
 
-Each input goes through :func:`ecgcad.integration.readers.decode` (format sniffed: DICOM, MUSE/aECG XML, HL7 v2
+Each input goes through :func:`ecgcad.integration.formats.readers.decode` (format sniffed: DICOM, MUSE/aECG XML, HL7 v2
 with or without MLLP framing), the HL7 header parser and, for a decoded ECG, the quality gate. Anything but an
 ``Ecg`` or a :class:`~ecgcad.errors.DecodeError` (or a typed ``EcgcadError`` from the gate) is a finding:
 atheris stops and writes ``crash-<sha1>``; commit that file's bytes as a regression case in
@@ -38,9 +38,9 @@ def _seed(corpus: Path) -> None:
 def test_one_input(data: bytes) -> None:
     from ecgcad.config import GateSettings
     from ecgcad.errors import DecodeError, EcgcadError
-    from ecgcad.integration.gate import check
-    from ecgcad.integration.hl7_ack import parse_header
-    from ecgcad.integration.readers import decode
+    from ecgcad.integration.formats.gate import check
+    from ecgcad.integration.formats.readers import decode
+    from ecgcad.integration.transport.hl7_ack import parse_header
 
     try:
         parse_header(data)
@@ -65,8 +65,8 @@ def main() -> None:
     if corpus is not None:
         _seed(corpus)
     with atheris.instrument_imports():
-        import ecgcad.integration.hl7_ack  # noqa: F401
-        import ecgcad.integration.readers  # noqa: F401
+        import ecgcad.integration.formats.readers  # noqa: F401
+        import ecgcad.integration.transport.hl7_ack  # noqa: F401
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

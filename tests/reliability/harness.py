@@ -24,7 +24,7 @@ from typing import Any
 import pydicom
 from pydicom.uid import generate_uid
 
-from ecgcad.integration.mllp import MllpDecoder, frame
+from ecgcad.integration.transport.mllp import MllpDecoder, frame
 from tests.peers import free_port, require, wait_for, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,10 +26,10 @@ from pydicom.sequence import Sequence
 
 from ecgcad.config import GateSettings
 from ecgcad.errors import DecodeError, EcgcadError
-from ecgcad.integration.ecg import Ecg
-from ecgcad.integration.gate import check
-from ecgcad.integration.hl7_ack import parse_header
-from ecgcad.integration.readers import decode
+from ecgcad.integration.formats.ecg import Ecg
+from ecgcad.integration.formats.gate import check
+from ecgcad.integration.formats.readers import decode
+from ecgcad.integration.transport.hl7_ack import parse_header
 from ecgcad.testing import ecg_writers as w
 from tests.reliability.harness import figures
 

@@ -18,7 +18,7 @@ from pynetdicom import AE
 
 from ecgcad.context import AppContext
 from ecgcad.db.migrate import upgrade
-from ecgcad.integration.mllp import MllpDecoder
+from ecgcad.integration.transport.mllp import MllpDecoder
 from ecgcad.listeners.dicom_scp import TWELVE_LEAD_ECG_WAVEFORM_STORAGE, DicomScp
 from ecgcad.listeners.hl7_server import Hl7Server
 from tests.listeners.conftest import make_settings

@@ -267,7 +267,7 @@ def _scoring_ctx(tmp_path: Path, n: int) -> tuple[AppContext, Any]:
 
     for i in range(n):
         data = dicom_bytes(unique_ecg(template, i, "MDL"))
-        from ecgcad.integration.readers import decode
+        from ecgcad.integration.formats.readers import decode
 
         ctx.ingestor.ingest_dicom(
             data,

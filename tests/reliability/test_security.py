@@ -18,7 +18,7 @@ import pytest
 
 from ecgcad.context import AppContext
 from ecgcad.db.migrate import upgrade
-from ecgcad.integration.mllp import MllpDecoder, frame
+from ecgcad.integration.transport.mllp import MllpDecoder, frame
 from ecgcad.listeners.dicom_scp import DicomScp
 from ecgcad.listeners.hl7_server import Hl7Server
 from tests.listeners.conftest import make_settings

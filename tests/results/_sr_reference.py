@@ -1,9 +1,9 @@
 """The stenosis SR builder as it was before the fast builder (highdicom constructs everything).
 
-Kept only as the reference of ``test_sr_equivalence.py``: this is ``ecgcad.integration.sr`` as of
+Kept only as the reference of ``test_sr_equivalence.py``: this is ``ecgcad.integration.reports.sr`` as of
 commit b9e3c43 (the highdicom-based implementation), with its constants and functions unchanged and only
 this docstring new, so that the fast builder can be compared with it element by element for any input.
-It depends on nothing in the current ``ecgcad.integration.sr``.
+It depends on nothing in the current ``ecgcad.integration.reports.sr``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pydicom.sr.coding import Code
 
 import ecgcad
 from ecgcad.errors import BuildError
-from ecgcad.integration.report import (
+from ecgcad.integration.reports.content import (
     VESSELS,
     StenosisReportInput,
     derive_uid,
@@ -109,7 +109,7 @@ def build_stenosis_sr(
         ``"comprehensive"`` (1.2.840.10008.5.1.4.1.1.88.33) or ``"comprehensive3d"`` (…88.34).
     uid_root:
         Optional registered UID root; ``None`` → ``2.25.<uuid5>`` UIDs (see
-        :func:`ecgcad.integration.report.derive_uid`).
+        :func:`ecgcad.integration.reports.content.derive_uid`).
 
     Returns
     -------

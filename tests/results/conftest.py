@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from ecgcad.integration.ecg import EcgIdentifiers
-from ecgcad.integration.report import StenosisReportInput
+from ecgcad.integration.formats.ecg import EcgIdentifiers
+from ecgcad.integration.reports.content import StenosisReportInput
 
 ECG_PATH = Path(str(get_testdata_file("waveform_ecg.dcm")))
 THRESHOLDS = {"rca": 0.15, "lm": 0.01, "lad": 0.15, "lcx": 0.15}

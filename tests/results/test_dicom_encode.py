@@ -24,10 +24,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import DA, DS, DT, IS, TM
 
-from ecgcad.integration import dicom_encode
-from ecgcad.integration.dicom_encode import encode_dataset, encode_part10
-from ecgcad.integration.pdf import build_encapsulated_pdf
-from ecgcad.integration.sr import build_stenosis_sr
+from ecgcad.integration.reports import dicom_encode
+from ecgcad.integration.reports.dicom_encode import encode_dataset, encode_part10
+from ecgcad.integration.reports.pdf import build_encapsulated_pdf
+from ecgcad.integration.reports.sr import build_stenosis_sr
 from tests.results.conftest import make_input
 from tests.results.test_sr_equivalence import CASES, SOURCES, case_input
 

@@ -10,7 +10,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from ecgcad.errors import BuildError
-from ecgcad.integration.oru import OruProfile, build_oru, control_id_for, validate_oru
+from ecgcad.integration.reports.oru import OruProfile, build_oru, control_id_for, validate_oru
 from tests.results.conftest import make_input, not_evaluated_input
 
 PDF = b"%PDF-1.4\n% test\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ecgcad.integration.oru import validate_oru
+from ecgcad.integration.reports.oru import validate_oru
 
 GOOD = (
     "MSH|^~\\&|ECGCAD||EHR||20260101120000+0000||ORU^R01^ORU_R01|E1V1A1|P|2.5.1\r"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecgcad.integration.oru import validate_oru
+from ecgcad.integration.reports.oru import validate_oru
 from tests.results.golden_oru.cases import CASES, HERE, build, path_of
 
 

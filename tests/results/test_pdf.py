@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from ecgcad.errors import BuildError
-from ecgcad.integration.pdf import ENCAPSULATED_PDF_STORAGE, build_encapsulated_pdf, render_report_pdf
+from ecgcad.integration.reports.pdf import ENCAPSULATED_PDF_STORAGE, build_encapsulated_pdf, render_report_pdf
 from tests.results.conftest import make_input, not_evaluated_input, tool
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ecgcad.errors import BuildError
-from ecgcad.integration.report import derive_uid, is_valid_uid
+from ecgcad.integration.reports.content import derive_uid, is_valid_uid
 from tests.results.conftest import make_input, not_evaluated_input
 
 

@@ -16,9 +16,9 @@ from ecgcad.config import DestinationSettings, load_settings
 from ecgcad.context import AppContext
 from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Delivery
-from ecgcad.integration.oru import build_oru
-from ecgcad.integration.senders import DicomStoreSender, MllpSender, SendOutcome
-from ecgcad.integration.sr import build_stenosis_sr
+from ecgcad.integration.reports.oru import build_oru
+from ecgcad.integration.reports.sr import build_stenosis_sr
+from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, SendOutcome
 from ecgcad.pipeline.delivery import SenderPool, checkout_sender, sender_pool
 from ecgcad.testing.fake_predictor import FakePredictor
 from tests.peers import StoreScp, wait_for

@@ -22,10 +22,11 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from ecgcad.errors import BuildError, DeliveryError, PermanentDeliveryError
-from ecgcad.integration.dicom_encode import encode_part10
-from ecgcad.integration.oru import build_oru
-from ecgcad.integration.pdf import build_encapsulated_pdf
-from ecgcad.integration.senders import (
+from ecgcad.integration.reports.dicom_encode import encode_part10
+from ecgcad.integration.reports.oru import build_oru
+from ecgcad.integration.reports.pdf import build_encapsulated_pdf
+from ecgcad.integration.reports.sr import build_stenosis_sr
+from ecgcad.integration.transport.senders import (
     STORE_SOP_CLASSES,
     DicomStoreSender,
     MllpSender,
@@ -34,7 +35,6 @@ from ecgcad.integration.senders import (
     mllp_frame,
     parse_ack,
 )
-from ecgcad.integration.sr import build_stenosis_sr
 from ecgcad.logsetup import uid_hash
 from ecgcad.testing.fake_senders import FakeSender, RefusingSender, RetryingSender
 from tests.peers import wait_for
@@ -312,8 +312,8 @@ def sr(ecg_dataset, ecg_bytes) -> pydicom.Dataset:
 
 
 def test_store_sop_classes_are_the_ones_delivery_builds():
-    from ecgcad.integration.pdf import ENCAPSULATED_PDF_STORAGE
-    from ecgcad.integration.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR
+    from ecgcad.integration.reports.pdf import ENCAPSULATED_PDF_STORAGE
+    from ecgcad.integration.reports.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR
 
     assert set(STORE_SOP_CLASSES) == {COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR, ENCAPSULATED_PDF_STORAGE}
 

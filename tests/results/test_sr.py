@@ -9,8 +9,8 @@ import pydicom
 import pytest
 
 from ecgcad.errors import BuildError
-from ecgcad.integration.report import PredecessorReference, result_uids
-from ecgcad.integration.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, build_stenosis_sr
+from ecgcad.integration.reports.content import PredecessorReference, result_uids
+from ecgcad.integration.reports.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, build_stenosis_sr
 from tests.results.conftest import make_input, not_evaluated_input, tool
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")

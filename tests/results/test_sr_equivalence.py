@@ -23,10 +23,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
 from ecgcad.errors import BuildError
-from ecgcad.integration import pdf as pdf_module
-from ecgcad.integration.ecg import EcgIdentifiers
-from ecgcad.integration.report import PredecessorReference, StenosisReportInput
-from ecgcad.integration.sr import build_stenosis_sr, source_evidence
+from ecgcad.integration.formats.ecg import EcgIdentifiers
+from ecgcad.integration.reports import pdf as pdf_module
+from ecgcad.integration.reports.content import PredecessorReference, StenosisReportInput
+from ecgcad.integration.reports.sr import build_stenosis_sr, source_evidence
 from tests.results import _sr_reference as reference
 from tests.results.conftest import make_input, not_evaluated_input
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecgcad.model.dataset import DatasetStore, build_synthetic_store
+from ecgcad.training.dataset import DatasetStore, build_synthetic_store
 
 torch.set_num_threads(1)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ecgcad.config import load_settings
-from ecgcad.model.dataset import DatasetError, DatasetStore, LabelMapping, build_dataset, read_manifest
 from ecgcad.model.synthetic import generate
 from ecgcad.testing.ecg_writers import build_dicom_ecg, write_muse_xml
+from ecgcad.training.dataset import DatasetError, DatasetStore, LabelMapping, build_dataset, read_manifest
 
 
 @pytest.mark.parametrize(

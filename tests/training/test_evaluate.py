@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgcad.model.dataset import DatasetStore
-from ecgcad.model.evaluate import bootstrap_auc, calibration, decision_curve, evaluate_predictions, lowess
-from ecgcad.model.evaluate_data import from_store, read_predictions, write_predictions
-from ecgcad.model.evaluate_report import write_report
-from ecgcad.model.thresholds import (
+from ecgcad.training.dataset import DatasetStore
+from ecgcad.training.evaluate import bootstrap_auc, calibration, decision_curve, evaluate_predictions, lowess
+from ecgcad.training.evaluate_data import from_store, read_predictions, write_predictions
+from ecgcad.training.evaluate_report import write_report
+from ecgcad.training.thresholds import (
     choose_thresholds,
     cut_for_sensitivity,
     cut_for_specificity,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgcad.model.train_folds import fixed_split, grouped_stratified_folds, label_patterns
+from ecgcad.training.folds import fixed_split, grouped_stratified_folds, label_patterns
 
 
 def _cohort(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

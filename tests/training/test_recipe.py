@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ecgcad.model.train_recipe import (
+from ecgcad.training.recipe import (
     AugmentationSettings,
     UncertaintyWeighting,
     augment,

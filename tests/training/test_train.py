@@ -11,11 +11,11 @@ import torch
 
 from ecgcad.errors import ModelError
 from ecgcad.model.checkpoint import load_checkpoint, save_checkpoint
-from ecgcad.model.dataset import DatasetStore
-from ecgcad.model.evaluate_data import read_predictions
 from ecgcad.model.net1d import build_net1d
 from ecgcad.model.preprocess import VESSEL_RECIPE
-from ecgcad.model.train import TrainConfig, make_module, train, width_architecture
+from ecgcad.training.dataset import DatasetStore
+from ecgcad.training.evaluate_data import read_predictions
+from ecgcad.training.train import TrainConfig, make_module, train, width_architecture
 from tests.training.conftest import TINY_WIDTH
 
 

@@ -1,1 +1,1 @@
-"""Golden ORU^R01 messages (byte-for-byte fixtures of :func:`ecgcad.integration.oru.build_oru`)."""
+"""Golden ORU^R01 messages (byte-for-byte fixtures of :func:`ecgcad.integration.reports.oru.build_oru`)."""

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ecgcad.integration.ecg import EcgIdentifiers
-from ecgcad.integration.oru import OruProfile, build_oru
-from ecgcad.integration.report import StenosisReportInput
+from ecgcad.integration.formats.ecg import EcgIdentifiers
+from ecgcad.integration.reports.content import StenosisReportInput
+from ecgcad.integration.reports.oru import OruProfile, build_oru
 from tests.results.conftest import THRESHOLDS, make_input
 
 HERE = Path(__file__).resolve().parent

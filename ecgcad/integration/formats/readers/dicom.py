@@ -1,4 +1,4 @@
-"""DICOM waveform (12-lead / General ECG) → canonical :class:`~ecgcad.integration.ecg.Ecg`.
+"""DICOM waveform (12-lead / General ECG) → canonical :class:`~ecgcad.integration.formats.ecg.Ecg`.
 
 What it does, after PS3.3 C.10.9 and the vendor files we have seen:
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgcad.errors import DecodeError, UnsupportedFormatError
-from ecgcad.integration.ecg import LEADS, Ecg, EcgIdentifiers
-from ecgcad.integration.readers._common import (
+from ecgcad.integration.formats.ecg import LEADS, Ecg, EcgIdentifiers
+from ecgcad.integration.formats.readers._common import (
     LEAD_INDEX,
     canonical_order,
     complete_limb_leads,
@@ -36,7 +36,7 @@ from ecgcad.integration.readers._common import (
     parse_hl7_ts,
     unit_to_mv,
 )
-from ecgcad.integration.readers._dicomparse import (
+from ecgcad.integration.formats.readers._dicomparse import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     DatasetNode,

@@ -1,4 +1,4 @@
-"""GE MUSE ``RestingECG`` XML (MUSE 8/9 and NX exports) → canonical :class:`~ecgcad.integration.ecg.Ecg`.
+"""GE MUSE ``RestingECG`` XML (MUSE 8/9 and NX exports) → canonical :class:`~ecgcad.integration.formats.ecg.Ecg`.
 
 The rhythm ``Waveform`` carries one ``LeadData`` per lead: Base64 of little-endian signed 16-bit samples,
 ``LeadAmplitudeUnitsPerBit`` (usually 4.88) in ``LeadAmplitudeUnits`` (usually ``MICROVOLTS``) and the
@@ -18,8 +18,8 @@ from xml.etree.ElementTree import Element
 import numpy as np
 
 from ecgcad.errors import DecodeError, UnsupportedFormatError
-from ecgcad.integration.ecg import LEADS, Ecg, EcgIdentifiers
-from ecgcad.integration.readers._common import (
+from ecgcad.integration.formats.ecg import LEADS, Ecg, EcgIdentifiers
+from ecgcad.integration.formats.readers._common import (
     LEAD_INDEX,
     b64decode_tolerant,
     canonical_order,
@@ -28,7 +28,7 @@ from ecgcad.integration.readers._common import (
     parse_number,
     unit_to_mv,
 )
-from ecgcad.integration.readers._xml import children, local, parse_xml, path, text
+from ecgcad.integration.formats.readers._xml import children, local, parse_xml, path, text
 
 _AGE_UNITS = {"YEARS": "Y", "MONTHS": "M", "WEEKS": "W", "DAYS": "D"}
 _SEX = {"MALE": "M", "FEMALE": "F", "M": "M", "F": "F", "UNKNOWN": "O", "OTHER": "O"}

@@ -1,6 +1,6 @@
 """The canonical model input signal: resampling to 500 Hz and the 10-s window, in one place.
 
-:func:`canonical_window` turns an :class:`~ecgcad.integration.ecg.Ecg` into a ``(12, 5000)`` float32 array
+:func:`canonical_window` turns an :class:`~ecgcad.integration.formats.ecg.Ecg` into a ``(12, 5000)`` float32 array
 in mV at 500 Hz, lead order I…V6, **before** any filtering or normalisation (those belong to the model's
 preprocessing recipe). Decisions made here, recorded in :class:`CanonicalSignal`:
 
@@ -22,7 +22,7 @@ from fractions import Fraction
 import numpy as np
 
 from ecgcad.errors import NotScorableError
-from ecgcad.integration.ecg import TARGET_RATE_HZ, TARGET_SAMPLES, TARGET_SECONDS, Ecg
+from ecgcad.integration.formats.ecg import TARGET_RATE_HZ, TARGET_SAMPLES, TARGET_SECONDS, Ecg
 
 #: Window policies understood by :func:`canonical_window`.
 WINDOW_POLICIES: tuple[str, ...] = ("first", "best")

@@ -38,7 +38,7 @@ Choices (documented once, here and in ``docs/reports.md``):
   PixelMed's validator warns/errs that it is not in CID 100 "Quantitative Diagnostic Imaging
   Procedures" (an imaging list with no ECG procedure). This is deliberate.
 - **UIDs**: Series and SOP Instance UIDs are derived from (source SOP Instance UID, model version[,
-  result version]) by :func:`ecgcad.integration.report.result_uids` (``2.25.<uuid5>`` by default);
+  result version]) by :func:`ecgcad.integration.reports.content.result_uids` (``2.25.<uuid5>`` by default);
   corrections share the series and list the old SR in PredecessorDocumentsSequence.
 - Contributing Equipment: the acquisition device of the source (only for an image source, as highdicom
   does; never for an ECG), our algorithm with purpose ``(109102, DCM, "Processing Equipment")`` (CID 7005
@@ -86,7 +86,7 @@ from pydicom.valuerep import DA, DS, TM
 
 import ecgcad
 from ecgcad.errors import BuildError
-from ecgcad.integration.report import (
+from ecgcad.integration.reports.content import (
     VESSELS,
     StenosisReportInput,
     derive_uid,
@@ -207,7 +207,7 @@ def build_stenosis_sr(
         ``"comprehensive"`` (1.2.840.10008.5.1.4.1.1.88.33) or ``"comprehensive3d"`` (…88.34).
     uid_root:
         Optional registered UID root; ``None`` → ``2.25.<uuid5>`` UIDs (see
-        :func:`ecgcad.integration.report.derive_uid`).
+        :func:`ecgcad.integration.reports.content.derive_uid`).
 
     Returns
     -------

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ecgcad.clitools import ConfigOption, fail, settings_or_fail
+from ecgcad.cli._common import ConfigOption, fail, settings_or_fail
 from ecgcad.errors import EcgcadError
 
 dataset_app = typer.Typer(help="Labelled data sets (manifest → cached array store).", no_args_is_help=True)
@@ -95,7 +95,7 @@ def dataset_build(
     config: ConfigOption = None,
 ) -> None:
     """Decode every manifest ECG through the service's readers and gate into a cached array store."""
-    from ecgcad.model.dataset import LabelMapping, build_dataset
+    from ecgcad.training.dataset import LabelMapping, build_dataset
 
     settings = settings_or_fail(config)
     try:
@@ -117,7 +117,7 @@ def dataset_synthetic(
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 1,
 ) -> None:
     """Write a store of synthetic ECGs with territory-specific ischaemic changes (pipeline tests only)."""
-    from ecgcad.model.dataset import build_synthetic_store
+    from ecgcad.training.dataset import build_synthetic_store
 
     store = build_synthetic_store(out, n, seed)
     typer.echo(f"wrote {out}: {store.count} synthetic ECGs (seed {seed})")
@@ -196,9 +196,9 @@ def train_command(
     """Fine-tune Net1D with the paper's recipe (5-fold grouped CV by default); writes OUT/model.pt."""
     import torch
 
-    from ecgcad.model.dataset import DatasetStore
-    from ecgcad.model.train import TrainConfig, train, width_architecture
-    from ecgcad.model.train_recipe import AugmentationSettings
+    from ecgcad.training.dataset import DatasetStore
+    from ecgcad.training.recipe import AugmentationSettings
+    from ecgcad.training.train import TrainConfig, train, width_architecture
 
     if threads:
         torch.set_num_threads(threads)
@@ -274,10 +274,10 @@ def evaluate_command(
     config: ConfigOption = None,
 ) -> None:
     """Per-vessel AUC (bootstrap CI), operating points, calibration, decision curves, subgroups; HTML+PDF+JSON."""
-    from ecgcad.model.dataset import DatasetStore
-    from ecgcad.model.evaluate import evaluate_predictions
-    from ecgcad.model.evaluate_data import predict_store, read_predictions, write_predictions
-    from ecgcad.model.evaluate_report import write_report
+    from ecgcad.training.dataset import DatasetStore
+    from ecgcad.training.evaluate import evaluate_predictions
+    from ecgcad.training.evaluate_data import predict_store, read_predictions, write_predictions
+    from ecgcad.training.evaluate_report import write_report
 
     settings = settings_or_fail(config)
     if (checkpoint is None) == (predictions is None):
@@ -340,8 +340,8 @@ def thresholds_choose(
     ] = 0.95,
 ) -> None:
     """Choose per-vessel thresholds by rule and write them into a checkpoint's metadata."""
-    from ecgcad.model.evaluate_data import read_predictions
-    from ecgcad.model.thresholds import choose_thresholds, cut_for_specificity, write_thresholds
+    from ecgcad.training.evaluate_data import read_predictions
+    from ecgcad.training.thresholds import choose_thresholds, cut_for_specificity, write_thresholds
 
     try:
         preds = read_predictions(predictions) if predictions else None
@@ -383,11 +383,11 @@ def model_compare(
 ) -> None:
     """Per-vessel agreement, flag flip rate and calibration of two models on the same ECGs."""
     from ecgcad.model.checkpoint import load_checkpoint
-    from ecgcad.model.dataset import DatasetStore
-    from ecgcad.model.evaluate_data import predict_store
     from ecgcad.model.predictor import TorchPredictor
     from ecgcad.model.risk import RiskThresholds
     from ecgcad.pipeline.lifecycle import compare_probabilities
+    from ecgcad.training.dataset import DatasetStore
+    from ecgcad.training.evaluate_data import predict_store
 
     settings = settings_or_fail(config)
     thresholds = RiskThresholds.from_settings(settings.thresholds)

@@ -14,7 +14,7 @@ import logging
 import typer
 
 from ecgcad import __version__
-from ecgcad.clitools import ConfigOption, fail, settings_or_fail
+from ecgcad.cli._common import ConfigOption, fail, settings_or_fail
 from ecgcad.errors import EcgcadError
 
 app = typer.Typer(
@@ -29,10 +29,10 @@ app.add_typer(config_app, name="config")
 
 #: Modules that add commands with ``register(app)``; a module that does not exist yet is skipped.
 COMMAND_MODULES = (
-    "ecgcad.integration.cli",  # inspect
-    "ecgcad.model.cli",  # score, model …, train, evaluate, thresholds, dataset
-    "ecgcad.jobs.cli",  # worker, scheduler, backfill, deliveries, rescore, selftest
-    "ecgcad.api.cli",  # token …, audit …
+    "ecgcad.cli.formats",  # inspect
+    "ecgcad.cli.model",  # score, model …, train, evaluate, thresholds, dataset
+    "ecgcad.cli.jobs",  # worker, scheduler, backfill, deliveries, rescore, selftest
+    "ecgcad.cli.admin",  # token …, audit …
 )
 
 logger = logging.getLogger(__name__)

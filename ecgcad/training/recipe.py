@@ -10,7 +10,7 @@
   2–10 % window, all scaled by an intensity that :func:`augmentation_intensity` decays from 1.0 to 0.5
   over the run.
 
-Grouped, stratified folds are in :mod:`ecgcad.model.train_folds`.
+Grouped, stratified folds are in :mod:`ecgcad.training.folds`.
 """
 
 from __future__ import annotations

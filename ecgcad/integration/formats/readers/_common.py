@@ -1,6 +1,6 @@
 """Pieces shared by the readers: lead-name normalisation, limb-lead derivation, small parsers.
 
-Every reader maps what it finds to canonical lead names (:data:`ecgcad.integration.ecg.LEADS`), fills a
+Every reader maps what it finds to canonical lead names (:data:`ecgcad.integration.formats.ecg.LEADS`), fills a
 ``(12, n)`` float32 millivolt array (missing rows NaN) and then calls :func:`complete_limb_leads`, which
 derives missing limb leads from the two that are present (Einthoven / Goldberger) and says which.
 """
@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from ecgcad.errors import DecodeError
-from ecgcad.integration.ecg import LEADS
+from ecgcad.integration.formats.ecg import LEADS
 
 #: Row of each canonical lead in the signal array.
 LEAD_INDEX: dict[str, int] = {name: i for i, name in enumerate(LEADS)}

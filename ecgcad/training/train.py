@@ -36,15 +36,14 @@ import torch
 
 from ecgcad.errors import ModelError
 from ecgcad.model.checkpoint import VESSEL_OUTPUTS, load_checkpoint, load_state_strict, save_checkpoint
-from ecgcad.model.dataset import DatasetStore
-from ecgcad.model.evaluate_data import Predictions, from_store, write_predictions
 from ecgcad.model.metrics import roc_auc
 from ecgcad.model.net1d import Net1D, build_net1d, net1d_from_config
 from ecgcad.model.predictor import resolve_device
 from ecgcad.model.preprocess import VESSEL_RECIPE
-from ecgcad.model.thresholds import choose_thresholds, cut_for_specificity
-from ecgcad.model.train_folds import fixed_split, grouped_stratified_folds
-from ecgcad.model.train_recipe import (
+from ecgcad.training.dataset import DatasetStore
+from ecgcad.training.evaluate_data import Predictions, from_store, write_predictions
+from ecgcad.training.folds import fixed_split, grouped_stratified_folds
+from ecgcad.training.recipe import (
     AugmentationSettings,
     UncertaintyWeighting,
     augment,
@@ -53,6 +52,7 @@ from ecgcad.model.train_recipe import (
     per_vessel_bce,
     warmup_cosine,
 )
+from ecgcad.training.thresholds import choose_thresholds, cut_for_specificity
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import numpy as np
 
 from ecgcad.config import GateSettings
 from ecgcad.errors import NotScorableError
-from ecgcad.integration.ecg import LEADS, TARGET_RATE_HZ, Ecg
-from ecgcad.integration.signal import CanonicalSignal
+from ecgcad.integration.formats.ecg import LEADS, TARGET_RATE_HZ, Ecg
+from ecgcad.integration.formats.signal import CanonicalSignal
 
 __all__ = ["GateReason", "GateThresholds", "GateVerdict", "check", "patient_age_years"]
 
@@ -176,7 +176,7 @@ def _quality(
 ) -> None:
     from scipy.signal import sosfiltfilt
 
-    from ecgcad.integration.signal import canonical_window
+    from ecgcad.integration.formats.signal import canonical_window
 
     reasons = verdict.reasons
     flat = [n for n, r in rows.items() if _disconnected(ecg.signal[r], th)]

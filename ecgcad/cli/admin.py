@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from ecgcad.clitools import ConfigOption, fail, settings_or_fail
+from ecgcad.cli._common import ConfigOption, fail, settings_or_fail
 from ecgcad.errors import EcgcadError
 
 token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ecgcad.clitools import ConfigOption, fail, settings_or_fail
+from ecgcad.cli._common import ConfigOption, fail, settings_or_fail
 
 
 def register(app: typer.Typer) -> None:
@@ -38,9 +38,9 @@ def inspect(
 ) -> None:
     """Decode an ECG file and print its format, leads, gate verdict and identifiers."""
     from ecgcad.errors import EcgcadError, NotScorableError
-    from ecgcad.integration.gate import check
-    from ecgcad.integration.readers import decode
-    from ecgcad.integration.signal import canonical_window
+    from ecgcad.integration.formats.gate import check
+    from ecgcad.integration.formats.readers import decode
+    from ecgcad.integration.formats.signal import canonical_window
 
     settings = settings_or_fail(config)
     try:

@@ -1,4 +1,4 @@
-"""HL7 v3 annotated ECG (aECG) XML → canonical :class:`~ecgcad.integration.ecg.Ecg`.
+"""HL7 v3 annotated ECG (aECG) XML → canonical :class:`~ecgcad.integration.formats.ecg.Ecg`.
 
 The rhythm ``series`` holds a ``sequenceSet``: one ``TIME_ABSOLUTE`` (or ``TIME_RELATIVE``) sequence whose
 ``GLIST_TS`` / ``GLIST_PQ`` ``increment`` is the sample interval, and one ``SLIST_PQ`` sequence per lead
@@ -13,8 +13,8 @@ from xml.etree.ElementTree import Element
 import numpy as np
 
 from ecgcad.errors import DecodeError, UnsupportedFormatError
-from ecgcad.integration.ecg import LEADS, Ecg, EcgIdentifiers
-from ecgcad.integration.readers._common import (
+from ecgcad.integration.formats.ecg import LEADS, Ecg, EcgIdentifiers
+from ecgcad.integration.formats.readers._common import (
     LEAD_INDEX,
     canonical_order,
     complete_limb_leads,
@@ -23,7 +23,7 @@ from ecgcad.integration.readers._common import (
     parse_number,
     unit_to_mv,
 )
-from ecgcad.integration.readers._xml import child, children, local, parse_xml, path, text
+from ecgcad.integration.formats.readers._xml import child, children, local, parse_xml, path, text
 
 _TIME_CODES = {"TIME_ABSOLUTE", "TIME_RELATIVE"}
 _DERIVED_SERIES = {"REPRESENTATIVE_BEAT", "MEDIAN", "MEDIAN_BEAT", "AVERAGE_BEAT"}

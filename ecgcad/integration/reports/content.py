@@ -1,7 +1,7 @@
 """The validated input of every outbound result object (DICOM SR, Encapsulated PDF, HL7 ORU^R01).
 
-:class:`StenosisReportInput` gathers everything the builders in :mod:`ecgcad.integration.sr`,
-:mod:`ecgcad.integration.pdf` and :mod:`ecgcad.integration.oru` need, and checks it once, in its
+:class:`StenosisReportInput` gathers everything the builders in :mod:`ecgcad.integration.reports.sr`,
+:mod:`ecgcad.integration.reports.pdf` and :mod:`ecgcad.integration.reports.oru` need, and checks it once, in its
 constructor, so that the builders never produce a half-valid object (STYLE.md §2).
 
 Conventions
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ecgcad.errors import BuildError
-from ecgcad.integration.ecg import LEADS, TARGET_RATE_HZ, EcgIdentifiers
+from ecgcad.integration.formats.ecg import LEADS, TARGET_RATE_HZ, EcgIdentifiers
 
 #: Vessel keys in model output order.
 VESSELS: tuple[str, ...] = ("rca", "lm", "lad", "lcx")
@@ -68,7 +68,7 @@ class PredecessorReference:
         SOP Instance UID of the superseded object.
     series_instance_uid:
         Its Series Instance UID; ``None`` = the deterministic SR series of this source and model version
-        (which is where :func:`ecgcad.integration.sr.build_stenosis_sr` puts every version).
+        (which is where :func:`ecgcad.integration.reports.sr.build_stenosis_sr` puts every version).
     study_instance_uid:
         Its Study Instance UID; ``None`` = the same study as the report.
     """

@@ -8,7 +8,7 @@ not-evaluated reason, the model identity and the intended use.
 
 :func:`build_encapsulated_pdf` wraps the bytes as Encapsulated PDF Storage (Modality ``DOC``,
 ConversionType ``WSD``, BurnedInAnnotation ``YES``) in the same study as the ECG, with deterministic UIDs
-(:func:`ecgcad.integration.report.result_uids` with kind ``"pdf"``).
+(:func:`ecgcad.integration.reports.content.result_uids` with kind ``"pdf"``).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 import ecgcad
 from ecgcad.errors import BuildError
-from ecgcad.integration.ecg import LEADS
-from ecgcad.integration.report import VESSELS, StenosisReportInput, device_uid_for, result_uids
-from ecgcad.integration.sr import DEFAULT_MANUFACTURER, PDF_SERIES_NUMBER, source_evidence
+from ecgcad.integration.formats.ecg import LEADS
+from ecgcad.integration.reports.content import VESSELS, StenosisReportInput, device_uid_for, result_uids
+from ecgcad.integration.reports.sr import DEFAULT_MANUFACTURER, PDF_SERIES_NUMBER, source_evidence
 from ecgcad.logsetup import uid_hash
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def build_encapsulated_pdf(
     manufacturer:
         Manufacturer of the object (General Equipment / SC Equipment).
     uid_root:
-        Optional registered UID root (see :func:`ecgcad.integration.report.derive_uid`).
+        Optional registered UID root (see :func:`ecgcad.integration.reports.content.derive_uid`).
 
     Returns
     -------

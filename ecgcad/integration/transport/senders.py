@@ -266,8 +266,8 @@ class _KeepOpen:
 # -- DICOM ----------------------------------------------------------------------------------------------
 
 #: The SOP classes delivery sends, requested up front on a kept association: Comprehensive SR and
-#: Comprehensive 3D SR (``ecgcad.integration.sr``, ``[reports] sr_sop_class``) and Encapsulated PDF
-#: Storage (``ecgcad.integration.pdf``). Spelled out here: those modules import highdicom and matplotlib.
+#: Comprehensive 3D SR (``ecgcad.integration.reports.sr``, ``[reports] sr_sop_class``) and Encapsulated PDF
+#: Storage (``ecgcad.integration.reports.pdf``). Spelled out here: those modules import highdicom and matplotlib.
 STORE_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.88.33",
     "1.2.840.10008.5.1.4.1.1.88.34",
@@ -363,7 +363,7 @@ class DicomStoreSender(_KeepOpen):
     def send(self, payload: bytes | Dataset) -> SendOutcome:
         """C-STORE ``payload`` (a dataset or DICOM Part 10 bytes).
 
-        Part 10 bytes in Explicit VR Little Endian (as :func:`ecgcad.integration.dicom_encode.encode_part10`
+        Part 10 bytes in Explicit VR Little Endian (as :func:`ecgcad.integration.reports.dicom_encode.encode_part10`
         makes them) are read only as far as their file meta, and their data set is sent as it is encoded
         wherever the peer accepted the SOP class with Explicit VR Little Endian; otherwise (other bytes, or a
         peer that accepted only Implicit VR) they are decoded and pynetdicom encodes the dataset, as for a

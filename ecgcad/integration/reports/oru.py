@@ -35,7 +35,7 @@ import re
 from typing import Literal
 
 from ecgcad.errors import BuildError
-from ecgcad.integration.report import VESSELS, StenosisReportInput
+from ecgcad.integration.reports.content import VESSELS, StenosisReportInput
 from ecgcad.logsetup import uid_hash
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""ECG format readers: bytes in any supported format → canonical :class:`~ecgcad.integration.ecg.Ecg`.
+"""ECG format readers: bytes in any supported format → canonical :class:`~ecgcad.integration.formats.ecg.Ecg`.
 
 :func:`decode` recognises the format by content, never by file name:
 
@@ -21,8 +21,8 @@ import logging
 import struct
 
 from ecgcad.errors import DecodeError, UnsupportedFormatError
-from ecgcad.integration.ecg import Ecg
-from ecgcad.integration.readers._xml import root_name
+from ecgcad.integration.formats.ecg import Ecg
+from ecgcad.integration.formats.readers._xml import root_name
 
 __all__ = ["FORMATS", "decode", "detect_format"]
 
@@ -55,8 +55,8 @@ def detect_format(data: bytes) -> str:
     UnsupportedFormatError
         The content is none of the supported formats (the message says what it looks like).
     """
-    from ecgcad.integration.readers.dicom import looks_like_dicom
-    from ecgcad.integration.readers.hl7v2 import looks_like_hl7
+    from ecgcad.integration.formats.readers.dicom import looks_like_dicom
+    from ecgcad.integration.formats.readers.hl7v2 import looks_like_hl7
 
     if not data:
         raise UnsupportedFormatError("empty input")
@@ -113,19 +113,19 @@ def _decode(data: bytes, filename: str | None, depth: int) -> Ecg:
     fmt = detect_format(data)
     try:
         if fmt == "dicom":
-            from ecgcad.integration.readers.dicom import read_dicom
+            from ecgcad.integration.formats.readers.dicom import read_dicom
 
             ecg = read_dicom(data)
         elif fmt == "muse":
-            from ecgcad.integration.readers.muse import read_muse
+            from ecgcad.integration.formats.readers.muse import read_muse
 
             ecg = read_muse(data)
         elif fmt == "aecg":
-            from ecgcad.integration.readers.aecg import read_aecg
+            from ecgcad.integration.formats.readers.aecg import read_aecg
 
             ecg = read_aecg(data)
         else:
-            from ecgcad.integration.readers.hl7v2 import read_hl7v2
+            from ecgcad.integration.formats.readers.hl7v2 import read_hl7v2
 
             if depth >= _MAX_NESTING:
                 raise DecodeError("HL7 message nested too deeply")

@@ -1,6 +1,6 @@
 """``ecgcad evaluate``: every number a clinical committee asks for, per vessel, as one JSON-able dict.
 
-On labelled predictions (:class:`~ecgcad.model.evaluate_data.Predictions`): AUC with a 1,000-resample
+On labelled predictions (:class:`~ecgcad.training.evaluate_data.Predictions`): AUC with a 1,000-resample
 bootstrap 95 % CI (resampling patients, percentile interval), sensitivity / specificity / PPV / NPV at the
 configured thresholds and at the 95 %-specificity cut, calibration (deciles of predicted risk, a LOWESS
 curve and the Brier score), decision curves (net benefit against treat-all and treat-none), subgroup AUCs
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from ecgcad.model.evaluate_data import Predictions
 from ecgcad.model.metrics import roc_auc
 from ecgcad.model.risk import VESSELS
-from ecgcad.model.thresholds import cut_for_specificity, operating_point
+from ecgcad.training.evaluate_data import Predictions
+from ecgcad.training.thresholds import cut_for_specificity, operating_point
 
 N_BOOTSTRAP = 1000
 DCA_THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)
@@ -229,7 +229,7 @@ def median_beat_comparison(
     (80–120 ms after the R peak) of each group and the largest absolute difference of the averaged beats.
     """
     from ecgcad.errors import ModelError
-    from ecgcad.integration.ecg import LEADS
+    from ecgcad.integration.formats.ecg import LEADS
     from ecgcad.model.explain import median_beats
 
     rng = np.random.default_rng(seed)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ecgcad.model.dataset import OPTIONAL_COLUMNS, DatasetStore
 from ecgcad.model.risk import VESSELS
+from ecgcad.training.dataset import OPTIONAL_COLUMNS, DatasetStore
 
 
 @dataclasses.dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""HL7 v2 ORU with an embedded ECG → canonical :class:`~ecgcad.integration.ecg.Ecg`.
+"""HL7 v2 ORU with an embedded ECG → canonical :class:`~ecgcad.integration.formats.ecg.Ecg`.
 
 Two carriers are read:
 
@@ -23,8 +23,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ecgcad.errors import DecodeError, UnsupportedFormatError
-from ecgcad.integration.ecg import LEADS, Ecg, EcgIdentifiers
-from ecgcad.integration.readers._common import (
+from ecgcad.integration.formats.ecg import LEADS, Ecg, EcgIdentifiers
+from ecgcad.integration.formats.readers._common import (
     LEAD_INDEX,
     b64decode_tolerant,
     canonical_order,

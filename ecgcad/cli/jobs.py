@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ecgcad.clitools import ConfigOption, fail, settings_or_fail
+from ecgcad.cli._common import ConfigOption, fail, settings_or_fail
 from ecgcad.errors import EcgcadError
 
 deliveries_app = typer.Typer(help="Outbound deliveries (SR, PDF, ORU).", no_args_is_help=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ecgcad.clitools import ConfigOption, fail, settings_or_fail
+from ecgcad.cli._common import ConfigOption, fail, settings_or_fail
 from ecgcad.errors import EcgcadError
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ SCORABLE_SUFFIXES = {".dcm", ".dicom", ".xml", ".hl7", ".txt", ".er7", ""}
 
 def register(app: typer.Typer) -> None:
     """Add the model commands to the ``ecgcad`` app."""
-    from ecgcad.model import cli_train
+    from ecgcad.cli import training as cli_train
 
     app.add_typer(model_app, name="model")
     app.command("score")(score)
@@ -106,8 +106,8 @@ def canonical_signal(path: Path, settings: Settings) -> tuple[np.ndarray | None,
 
     Uses the same readers, gate and windowing as the service (``ecgcad.integration``).
     """
-    from ecgcad.integration import gate, signal
-    from ecgcad.integration.readers import decode
+    from ecgcad.integration.formats import gate, signal
+    from ecgcad.integration.formats.readers import decode
 
     try:
         ecg = decode(path.read_bytes(), filename=path.name)

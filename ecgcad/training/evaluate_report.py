@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ecgcad.model.evaluate_data import Predictions
 from ecgcad.model.risk import DISCLAIMER, VESSELS
+from ecgcad.training.evaluate_data import Predictions
 
 COLOURS = {"rca": "#1f77b4", "lm": "#d62728", "lad": "#2ca02c", "lcx": "#9467bd"}
 

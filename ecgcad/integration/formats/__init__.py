@@ -1,0 +1,1 @@
+"""Formats: the canonical :class:`Ecg`, the readers, signal windowing and the intended-use gate."""

@@ -1,0 +1,1 @@
+"""Reports: the validated report content and its builders (DICOM SR, Encapsulated PDF, HL7 ORU^R01)."""

@@ -1,0 +1,1 @@
+"""Transport: DICOM C-STORE and MLLP senders, MLLP framing, HL7 acknowledgements."""
