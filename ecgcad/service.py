@@ -16,32 +16,12 @@ from typing import Any
 from ecgcad import __version__
 from ecgcad.config import Settings
 from ecgcad.context import AppContext
-from ecgcad.errors import ConfigurationError, StorageError
+from ecgcad.db.migrate import ensure_schema
+from ecgcad.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 ALL_ROLES = ("listeners", "api", "worker", "scheduler")
-
-
-def ensure_schema(settings: Settings) -> None:
-    """Embedded mode migrates on start; on PostgreSQL the schema must already be at head (``ecgcad migrate``)."""
-    from ecgcad.db.migrate import current_revision, head_revision, upgrade
-    from ecgcad.db.session import make_engine
-
-    if settings.is_embedded:
-        upgrade(settings)
-        return
-    engine = make_engine(settings.effective_database_url)
-    try:
-        current = current_revision(engine)
-    except Exception as exc:  # noqa: BLE001
-        raise StorageError(f"database unreachable: {exc}") from exc
-    finally:
-        engine.dispose()
-    if current != head_revision():
-        raise StorageError(
-            f"database schema is at {current}, expected {head_revision()}: run `ecgcad migrate`"
-        )
 
 
 class Service:

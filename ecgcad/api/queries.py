@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from ecgcad.api.auth import Principal
 from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, utcnow
+from ecgcad.vessels import VESSELS
 
-VESSELS: tuple[str, ...] = ("rca", "lm", "lad", "lcx")
 ECG_STATES: tuple[str, ...] = ("received", "queued", "scored", "not_evaluated", "failed")
 DELIVERY_STATES: tuple[str, ...] = ("pending", "sending", "sent", "retrying", "failed")
 FAILING_DELIVERY_STATES: tuple[str, ...] = ("retrying", "failed")

@@ -6,36 +6,15 @@ Exit codes: 0 success, 1 ``audit verify`` found a broken chain, 2 bad input (one
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
-from typing import Any
 
 import typer
 
-from ecgcad.cli._common import ConfigOption, fail, settings_or_fail
+from ecgcad.cli._common import ConfigOption, acting_user, fail, open_database
 from ecgcad.errors import EcgcadError
 
 token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail: query, export, verify.", no_args_is_help=True)
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        return "cli"
-
-
-def _database(config: Any) -> Any:
-    from ecgcad.db.session import Database
-    from ecgcad.service import ensure_schema
-
-    settings = settings_or_fail(config)
-    try:
-        ensure_schema(settings)
-    except EcgcadError as exc:
-        fail(str(exc))
-    return Database.from_settings(settings)
 
 
 def _when(value: str | None, option: str) -> dt.datetime | None:
@@ -56,10 +35,10 @@ def token_create(
     """Create a token and print it once (only its hash is stored)."""
     from ecgcad.api.auth import create_token
 
-    db = _database(config)
+    db = open_database(config)
     try:
         with db.session() as s:
-            token = create_token(s, name, role, actor=_actor())
+            token = create_token(s, name, role, actor=acting_user())
     except EcgcadError as exc:
         fail(str(exc))
     finally:
@@ -72,10 +51,10 @@ def token_revoke(name: str = typer.Argument(..., help="Token name."), config: Co
     """Revoke a token; requests with it get 401 from now on."""
     from ecgcad.api.auth import revoke_token
 
-    db = _database(config)
+    db = open_database(config)
     try:
         with db.session() as s:
-            revoke_token(s, name, actor=_actor())
+            revoke_token(s, name, actor=acting_user())
     except EcgcadError as exc:
         fail(str(exc))
     finally:
@@ -88,7 +67,7 @@ def token_list(config: ConfigOption = None) -> None:
     """List tokens (name, role, created, last used, revoked) — never the tokens themselves."""
     from ecgcad.api.auth import list_tokens
 
-    db = _database(config)
+    db = open_database(config)
     try:
         with db.session() as s:
             rows = [(t.name, t.role, t.created_at, t.last_used_at, t.revoked_at) for t in list_tokens(s)]
@@ -123,7 +102,7 @@ def audit_query(
         since=_when(since, "--since"),
         until=_when(until, "--until"),
     )
-    db = _database(config)
+    db = open_database(config)
     try:
         with db.session() as s:
             events = audit.query_events(s, filters, limit=limit)
@@ -132,7 +111,7 @@ def audit_query(
             audit.record(
                 s,
                 "audit.read",
-                user=_actor(),
+                user=acting_user(),
                 role="cli",
                 patient_id=patient_id,
                 query=filters.describe(),
@@ -166,7 +145,7 @@ def audit_verify(config: ConfigOption = None) -> None:
     """Check the audit hash chain; exit 1 and name the first broken link if it is broken."""
     from ecgcad.db.audit import verify_session
 
-    db = _database(config)
+    db = open_database(config)
     try:
         with db.session() as s:
             report = verify_session(s)

@@ -6,7 +6,6 @@ torch is imported inside the commands, never at module import.
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -21,23 +20,12 @@ dataset_app = typer.Typer(help="Labelled data sets (manifest → cached array st
 thresholds_app = typer.Typer(help="Per-vessel risk thresholds.", no_args_is_help=True)
 
 
-def register(app: typer.Typer, model_app: typer.Typer) -> None:
-    """Add the training commands to the ``ecgcad`` app and to its ``model`` group."""
+def register(app: typer.Typer) -> None:
+    """Add the training commands to the ``ecgcad`` app."""
     app.add_typer(dataset_app, name="dataset")
     app.add_typer(thresholds_app, name="thresholds")
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
-    model_app.command("compare")(model_compare)
-    model_app.command("compare-shadow")(model_compare_shadow)
-    model_app.command("promote")(model_promote)
-    model_app.command("rollback")(model_rollback)
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        return "cli"
 
 
 class _Bar:
@@ -371,113 +359,3 @@ def thresholds_choose(
             {"thresholds": chosen, "screening": screening, "checkpoint": str(out), "sha256": sha}, indent=1
         )
     )
-
-
-def model_compare(
-    active: Annotated[Path, typer.Argument(help="The active checkpoint.")],
-    candidate: Annotated[Path, typer.Argument(help="The candidate checkpoint.")],
-    dataset: Annotated[Path, typer.Option(help="Array store of the ECGs both models score.")],
-    out: Annotated[Path | None, typer.Option(help="Write the comparison JSON here too.")] = None,
-    device: Annotated[str, typer.Option(help="Device for scoring.")] = "auto",
-    config: ConfigOption = None,
-) -> None:
-    """Per-vessel agreement, flag flip rate and calibration of two models on the same ECGs."""
-    from ecgcad.model.checkpoint import load_checkpoint
-    from ecgcad.model.predictor import TorchPredictor
-    from ecgcad.model.risk import RiskThresholds
-    from ecgcad.pipeline.lifecycle import compare_probabilities
-    from ecgcad.training.dataset import DatasetStore
-    from ecgcad.training.evaluate_data import predict_store
-
-    settings = settings_or_fail(config)
-    thresholds = RiskThresholds.from_settings(settings.thresholds)
-    try:
-        store = DatasetStore.open(dataset)
-        a = TorchPredictor(load_checkpoint(active), thresholds=thresholds, device=device, warmup=False)
-        c = TorchPredictor(load_checkpoint(candidate), thresholds=thresholds, device=device, warmup=False)
-        pa, pc = predict_store(a, store), predict_store(c, store)
-        result = compare_probabilities(
-            pa.probabilities, pc.probabilities, thresholds.high, thresholds.high, pa.labels
-        )
-    except EcgcadError as exc:
-        fail(str(exc))
-    result = {
-        "active": a.model_version,
-        "candidate": c.model_version,
-        "thresholds": dict(thresholds.high),
-        **result,
-    }
-    text = json.dumps(result, indent=1, default=float)
-    if out:
-        out.write_text(text)
-    typer.echo(text)
-
-
-def model_compare_shadow(config: ConfigOption = None) -> None:
-    """Compare the active and the shadow model on the live ECGs both scored (stored results; no labels)."""
-    from ecgcad.db.session import Database
-    from ecgcad.pipeline.lifecycle import compare_probabilities, shadow_pairs
-
-    settings = settings_or_fail(config)
-    thresholds = settings.thresholds.as_dict()
-    db = Database.from_settings(settings)
-    try:
-        with db.session() as session:
-            va, vs, pa, ps = shadow_pairs(session)
-        result = compare_probabilities(pa, ps, thresholds, thresholds)
-    except EcgcadError as exc:
-        fail(str(exc))
-    finally:
-        db.dispose()
-    typer.echo(json.dumps({"active": va, "shadow": vs, **result}, indent=1, default=float))
-
-
-def model_promote(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to make active.")],
-    reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "",
-    config: ConfigOption = None,
-) -> None:
-    """Make CHECKPOINT the active model (audited; the service uses it from its next start)."""
-    from ecgcad.pipeline.lifecycle import promote
-
-    db = _database(config)
-    try:
-        with db.session() as session:
-            entry = promote(session, checkpoint, user=_actor(), reason=reason)
-    except EcgcadError as exc:
-        fail(str(exc))
-    finally:
-        db.dispose()
-    typer.echo(f"promoted {entry['model_version']} ({entry['checkpoint']}); restart the service to use it")
-
-
-def model_rollback(
-    reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "",
-    config: ConfigOption = None,
-) -> None:
-    """Make the previously active model active again (audited)."""
-    from ecgcad.pipeline.lifecycle import rollback
-
-    db = _database(config)
-    try:
-        with db.session() as session:
-            entry = rollback(session, user=_actor(), reason=reason)
-    except EcgcadError as exc:
-        fail(str(exc))
-    finally:
-        db.dispose()
-    typer.echo(
-        f"rolled back to {entry['model_version']} ({entry['checkpoint']}); restart the service to use it"
-    )
-
-
-def _database(config: Any) -> Any:
-    from ecgcad.db.session import Database
-    from ecgcad.service import ensure_schema
-
-    settings = settings_or_fail(config)
-    try:
-        ensure_schema(settings)
-    except EcgcadError as exc:
-        fail(str(exc))
-    return Database.from_settings(settings)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
@@ -11,6 +11,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from ecgcad.errors import StorageError
+
+if TYPE_CHECKING:
+    from ecgcad.config import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -47,3 +50,23 @@ def current_revision(engine: Any) -> str | None:
 def head_revision() -> str | None:
     """The newest revision in the package."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def ensure_schema(settings: Settings) -> None:
+    """Embedded mode migrates on start; on PostgreSQL the schema must already be at head (``ecgcad migrate``)."""
+    from ecgcad.db.session import make_engine
+
+    if settings.is_embedded:
+        upgrade(settings)
+        return
+    engine = make_engine(settings.effective_database_url)
+    try:
+        current = current_revision(engine)
+    except Exception as exc:  # noqa: BLE001
+        raise StorageError(f"database unreachable: {exc}") from exc
+    finally:
+        engine.dispose()
+    if current != head_revision():
+        raise StorageError(
+            f"database schema is at {current}, expected {head_revision()}: run `ecgcad migrate`"
+        )

@@ -39,13 +39,14 @@ from torch import nn
 from ecgcad.errors import CheckpointError
 from ecgcad.model.net1d import ECGFOUNDER_CONFIG, Net1D, net1d_from_config
 from ecgcad.model.preprocess import ECGFOUNDER_RECIPE, VESSEL_RECIPE, PreprocessingRecipe
+from ecgcad.vessels import VESSELS
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "ecgcad-checkpoint"
 FORMAT_VERSION = 1
 #: Output names of the 4-vessel head, in order.
-VESSEL_OUTPUTS: tuple[str, ...] = ("rca", "lm", "lad", "lcx")
+VESSEL_OUTPUTS: tuple[str, ...] = VESSELS
 #: Paper default high-risk thresholds.
 DEFAULT_THRESHOLDS: dict[str, float] = {"rca": 0.15, "lm": 0.01, "lad": 0.15, "lcx": 0.15}
 REQUIRED_METADATA = ("name", "version", "architecture", "outputs", "preprocessing")

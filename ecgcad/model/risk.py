@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ecgcad.errors import ModelError
+from ecgcad.vessels import VESSELS
 
 #: Carried by every report made with a checkpoint whose metadata says ``demonstration: true``.
 DISCLAIMER = "DEMONSTRATION MODEL — NOT FOR CLINICAL USE"
 
 #: Vessels in model output order.
-VESSELS: tuple[str, ...] = ("rca", "lm", "lad", "lcx")
 
 #: Band names, lowest to highest.
 BAND_LOW = "low"

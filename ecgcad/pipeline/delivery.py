@@ -33,6 +33,7 @@ from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, S
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.reports import build_report_input
+from ecgcad.vessels import VESSELS
 
 logger = logging.getLogger(__name__)
 
@@ -513,8 +514,8 @@ def _thresholds(ctx: Any, predictor: Any) -> dict[str, float]:
 
 
 def _apply_prediction(result: Result, prediction: Any) -> None:
-    probs = {v: float(prediction.probabilities[v]) for v in ("rca", "lm", "lad", "lcx")}
-    flags = {v: bool(prediction.flags[v]) for v in ("rca", "lm", "lad", "lcx")}
+    probs = {v: float(prediction.probabilities[v]) for v in VESSELS}
+    flags = {v: bool(prediction.flags[v]) for v in VESSELS}
     result.p_rca, result.p_lm, result.p_lad, result.p_lcx = (
         probs["rca"],
         probs["lm"],

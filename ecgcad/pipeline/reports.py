@@ -14,10 +14,10 @@ from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, EcgcadError, NotScorableError
 from ecgcad.integration.formats.ecg import EcgIdentifiers
 from ecgcad.integration.reports.content import PredecessorReference, StenosisReportInput, result_uids
+from ecgcad.vessels import VESSELS
 
 logger = logging.getLogger(__name__)
 
-VESSELS = ("rca", "lm", "lad", "lcx")
 DICOM_SOURCE_KINDS = ("dicom", "file", "pacs")
 
 #: Gate / decode reason codes → the coded reason of reports (DICOM CodeValue is SH: at most 16 characters).

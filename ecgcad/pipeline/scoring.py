@@ -27,8 +27,6 @@ from ecgcad.logsetup import uid_hash
 
 logger = logging.getLogger(__name__)
 
-VESSELS = ("rca", "lm", "lad", "lcx")
-
 
 @dataclasses.dataclass
 class _Prepared:

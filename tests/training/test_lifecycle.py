@@ -16,7 +16,8 @@ from ecgcad.errors import ModelError
 from ecgcad.model.checkpoint import save_checkpoint
 from ecgcad.model.net1d import build_net1d
 from ecgcad.model.preprocess import VESSEL_RECIPE
-from ecgcad.pipeline.lifecycle import active_checkpoint, compare_probabilities, promote, rollback
+from ecgcad.pipeline.lifecycle import active_checkpoint, promote, rollback
+from ecgcad.training.compare import compare_probabilities
 from ecgcad.training.train import width_architecture
 from tests.training.conftest import TINY_WIDTH
 

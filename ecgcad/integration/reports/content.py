@@ -32,9 +32,9 @@ import numpy as np
 
 from ecgcad.errors import BuildError
 from ecgcad.integration.formats.ecg import LEADS, TARGET_RATE_HZ, EcgIdentifiers
+from ecgcad.vessels import VESSELS
 
 #: Vessel keys in model output order.
-VESSELS: tuple[str, ...] = ("rca", "lm", "lad", "lcx")
 
 #: Display names of the vessels.
 VESSEL_NAMES: dict[str, str] = {
