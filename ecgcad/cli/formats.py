@@ -37,10 +37,10 @@ def inspect(
     config: ConfigOption = None,
 ) -> None:
     """Decode an ECG file and print its format, leads, gate verdict and identifiers."""
-    from ecgcad.errors import EcgcadError, NotScorableError
+    from ecgcad.errors import EcgcadError
     from ecgcad.integration.formats.gate import check
+    from ecgcad.integration.formats.prepare import prepare_window
     from ecgcad.integration.formats.readers import decode
-    from ecgcad.integration.formats.signal import canonical_window
 
     settings = settings_or_fail(config)
     try:
@@ -53,12 +53,10 @@ def inspect(
     except EcgcadError as exc:
         fail(f"{file.name}: {_one_line(str(exc))}")
 
-    window = None
-    window_error = None
-    try:
-        window = canonical_window(ecg, settings.gate.window_policy)
-    except NotScorableError as exc:
-        window_error = str(exc)
+    prepared = prepare_window(
+        ecg, settings.gate, gate=False
+    )  # the window is shown even when the gate refuses
+    window, window_error = prepared.window, prepared.failure_text or None
 
     ids = ecg.identifiers
     report: dict[str, Any] = {

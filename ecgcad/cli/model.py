@@ -18,7 +18,6 @@ from ecgcad.errors import EcgcadError
 if TYPE_CHECKING:
     import numpy as np
 
-    from ecgcad.config import Settings
 
 model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
 
@@ -98,35 +97,6 @@ def _collect(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _reason(code: str, text: str) -> dict[str, str]:
-    return {"code": code, "text": text}
-
-
-def canonical_signal(path: Path, settings: Settings) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
-    """Decode ``path``, gate it and cut the model window: ``(signal or None, reasons)``.
-
-    Uses the same readers, gate and windowing as the service (``ecgcad.integration``).
-    """
-    from ecgcad.integration.formats import gate, signal
-    from ecgcad.integration.formats.readers import decode
-
-    try:
-        ecg = decode(path.read_bytes(), filename=path.name)
-    except EcgcadError as exc:
-        return None, [_reason("decode-error", str(exc))]
-    except OSError as exc:
-        return None, [_reason("read-error", exc.strerror or str(exc))]
-    verdict = gate.check(ecg, settings.gate)
-    reasons = [r.to_dict() if hasattr(r, "to_dict") else _reason(r.code, r.text) for r in verdict.reasons]
-    if not verdict.scorable:
-        return None, reasons
-    try:
-        window = signal.canonical_window(ecg, settings.gate.window_policy)
-    except EcgcadError as exc:
-        return None, [*reasons, _reason("window-error", str(exc))]
-    return window.signal, reasons
-
-
 def _human_line(record: dict[str, Any]) -> str:
     if not record["scorable"]:
         why = "; ".join(r["text"] for r in record["reasons"]) or "not scorable"
@@ -152,6 +122,7 @@ def score(
     """Score ECG files with the same preprocessing and predictor as the service."""
     import numpy as np
 
+    from ecgcad.integration.formats.prepare import prepare_file
     from ecgcad.model.predictor import default_predictor
     from ecgcad.model.risk import DISCLAIMER
 
@@ -202,12 +173,12 @@ def score(
                         record["median_beats"] = np.round(median_beats(sig), 4).tolist()
                     except EcgcadError as exc:
                         record["median_beats"] = None
-                        record["reasons"].append(_reason("median-beats", str(exc)))
+                        record["reasons"].append({"code": "median-beats", "text": str(exc)})
                 emit(record)
             pending.clear()
 
         for path in files:
-            sig, reasons = canonical_signal(path, settings)
+            sig, reasons = prepare_file(path, settings.gate)
             record: dict[str, Any] = {
                 "file": str(path),
                 "scorable": sig is not None,

@@ -32,7 +32,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
@@ -45,7 +45,6 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ecgcad.context import AppContext
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, DecodeError, StorageError
 from ecgcad.integration.formats.ecg import Ecg
@@ -53,6 +52,9 @@ from ecgcad.integration.reports.dicom_encode import part10_file
 from ecgcad.listeners.allowlist import AddressAllowList
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 

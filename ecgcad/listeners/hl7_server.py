@@ -28,9 +28,8 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ecgcad.context import AppContext
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, StorageError
 from ecgcad.integration.transport import hl7_ack
@@ -40,6 +39,9 @@ from ecgcad.listeners.allowlist import AddressAllowList
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.ingest import Hl7Message
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 

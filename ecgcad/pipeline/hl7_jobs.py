@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from ecgcad.context import AppContext
 from ecgcad.db.models import EcgRecord, Order, SourceObject
 from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, QueueError
@@ -30,6 +29,9 @@ from ecgcad.integration.transport.hl7_ack import Hl7HeaderError, OrderInfo, pars
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.ingest import ecg_row_from
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 

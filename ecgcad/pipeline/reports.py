@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ecgcad.db.models import EcgRecord, Order, Result, SourceObject
 from ecgcad.db.objects import source_bytes
-from ecgcad.errors import DecodeError, EcgcadError, NotScorableError
+from ecgcad.errors import DecodeError, EcgcadError
 from ecgcad.integration.formats.ecg import EcgIdentifiers
 from ecgcad.integration.reports.content import PredecessorReference, StenosisReportInput, result_uids
 from ecgcad.vessels import VESSELS
@@ -59,15 +59,15 @@ def _identifiers(ecg: EcgRecord) -> EcgIdentifiers:
 
 
 def _canonical_signal(ctx: Any, raw: bytes) -> np.ndarray | None:
-    from ecgcad.integration.formats.readers import decode
-    from ecgcad.integration.formats.signal import canonical_window
+    from ecgcad.integration.formats.prepare import prepare_bytes
 
     try:
-        return np.asarray(
-            canonical_window(decode(raw), ctx.settings.gate.window_policy).signal, dtype=np.float32
-        )
-    except (DecodeError, NotScorableError):
+        prepared = prepare_bytes(raw, ctx.settings.gate, gate=False)
+    except DecodeError:
         return None
+    if prepared.window is None:
+        return None
+    return np.asarray(prepared.window.signal, dtype=np.float32)
 
 
 def _explanations(

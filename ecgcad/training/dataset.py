@@ -11,7 +11,7 @@ positive when ``grade ≥ positive_grade`` (4 by default: severe or complete occ
 (binary) / 0–5 (CAD-RADS). The mapping used is recorded in the store's index.
 
 ``ecgcad dataset build MANIFEST OUT`` decodes every file once through the service's readers, gate and
-10-s window (:func:`ecgcad.cli.model.canonical_signal`) into ``OUT``:
+10-s window (:func:`ecgcad.integration.formats.prepare.prepare_file`) into ``OUT``:
 
 - ``signals.npy`` — float32 ``(n, 12, 5000)`` mV (a memory-mapped ``.npy``; rows past ``count`` unused);
 - ``labels.npy`` uint8 ``(n, 4)``, ``grades.npy`` float ``(n, 4)`` (NaN: unknown);
@@ -357,14 +357,14 @@ def build_dataset(
 
     Non-scorable files are kept in ``excluded`` with their reasons, never silently dropped.
     """
-    from ecgcad.cli.model import canonical_signal
+    from ecgcad.integration.formats.prepare import prepare_file
 
     mapping = mapping or LabelMapping()
     rows = read_manifest(manifest, mapping)
 
     def items() -> Iterable[tuple[np.ndarray | None, dict[str, Any]]]:
         for k, row in enumerate(rows):
-            sig, reasons = canonical_signal(row.path, settings)
+            sig, reasons = prepare_file(row.path, settings.gate)
             record = {
                 "row": row.row,
                 "path": str(row.path),

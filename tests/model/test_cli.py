@@ -28,12 +28,12 @@ def fake_readers(monkeypatch: pytest.MonkeyPatch) -> None:
     signals = generate(3, seed=77).signals
     index = {"a.dcm": 0, "b.dcm": 1, "c.dcm": 2}
 
-    def canonical_signal(path: Path, settings) -> tuple:
+    def prepare_file(path: Path, settings) -> tuple:
         if path.name.startswith("bad"):
             return None, [{"code": "decode-error", "text": "not an ECG"}]
         return signals[index[path.name]], []
 
-    monkeypatch.setattr("ecgcad.cli.model.canonical_signal", canonical_signal)
+    monkeypatch.setattr("ecgcad.integration.formats.prepare.prepare_file", prepare_file)
 
 
 def test_score_json_prints_one_line_per_ecg_and_the_disclaimer_on_stderr(

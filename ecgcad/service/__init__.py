@@ -72,7 +72,7 @@ class Service:
             wakers = [worker.wake]
             self._start("worker", worker, f"kinds={','.join(worker.kinds)}")
             if self.settings.queue.delivery_processes > 0:
-                from ecgcad.pipeline.delivery_process import DeliveryProcess
+                from ecgcad.service.delivery_process import DeliveryProcess
 
                 for i in range(self.settings.queue.delivery_processes):
                     proc = DeliveryProcess(ctx, i)
