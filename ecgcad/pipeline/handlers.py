@@ -5,29 +5,38 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ecgcad.pipeline import backfill, delivery, hl7_jobs, maintenance, scoring
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
+    from ecgcad.jobs.worker import Handler, Worker
 
 logger = logging.getLogger(__name__)
 
-OPTIONAL_HANDLERS = (
-    ("hl7", "ecgcad.pipeline.hl7_jobs", "make_hl7_handler"),
-    ("deliver", "ecgcad.pipeline.delivery", "make_deliver_handler"),
-    ("rescore", "ecgcad.pipeline.delivery", "make_rescore_handler"),
-    ("retention", "ecgcad.pipeline.maintenance", "make_retention_handler"),
-    ("maintenance", "ecgcad.pipeline.maintenance", "make_maintenance_handler"),
-    ("pacs_catch_up", "ecgcad.pipeline.backfill", "make_pacs_catch_up_handler"),
-)
+#: Job kind → handler factory, for every kind but ``score`` (micro-batched, registered apart). A kind
+#: enqueued anywhere must be here: a worker without its handler would leave such jobs unclaimed.
+HANDLER_FACTORIES: dict[str, Callable[[AppContext], Handler]] = {
+    "decode": scoring.make_decode_handler,
+    "hl7": hl7_jobs.make_hl7_handler,
+    "deliver": delivery.make_deliver_handler,
+    "rescore": delivery.make_rescore_handler,
+    "retention": maintenance.make_retention_handler,
+    "maintenance": maintenance.make_maintenance_handler,
+    "pacs_catch_up": backfill.make_pacs_catch_up_handler,
+}
 
 
 def register_handlers(
-    ctx: Any, worker: Any, *, only: set[str] | None = None, exclude: set[str] | None = None
+    ctx: AppContext, worker: Worker, *, only: set[str] | None = None, exclude: set[str] | None = None
 ) -> None:
-    """Register ``score`` (micro-batched), ``decode``, ``hl7``, ``deliver`` and maintenance handlers.
+    """Register ``score`` (micro-batched) and every kind of :data:`HANDLER_FACTORIES` on ``worker``.
 
     ``only`` / ``exclude`` pick job kinds, so that deliveries (network-bound) run on their own threads and a
     slow peer never delays scoring.
     """
-    from ecgcad.pipeline.scoring import make_decode_handler, make_score_handler
 
     def wanted(kind: str) -> bool:
         return (only is None or kind in only) and (exclude is None or kind not in exclude)
@@ -35,22 +44,14 @@ def register_handlers(
     model = ctx.settings.model
     if wanted("score"):
         worker.register(
-            "score", make_score_handler(ctx), batch_size=model.max_batch, max_wait_ms=model.max_wait_ms
+            "score",
+            scoring.make_score_handler(ctx),
+            batch_size=model.max_batch,
+            max_wait_ms=model.max_wait_ms,
         )
-    if wanted("decode"):
-        worker.register("decode", make_decode_handler(ctx))
-    for kind, module_name, factory in OPTIONAL_HANDLERS:
-        if not wanted(kind):
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                logger.debug("no handler module for %s yet", kind)
-                continue
-            raise
-        if hasattr(module, factory):
-            worker.register(kind, getattr(module, factory)(ctx))
+    for kind, factory in HANDLER_FACTORIES.items():
+        if wanted(kind):
+            worker.register(kind, factory(ctx))
 
 
 def warm_up() -> None:
@@ -75,7 +76,7 @@ def warm_up() -> None:
             logger.debug("warm-up import of %s failed", name, exc_info=True)
 
 
-def preload_model(ctx: Any) -> threading.Thread:
+def preload_model(ctx: AppContext) -> threading.Thread:
     """Load (and warm up) the scoring model in the background, so that the first ECG does not wait for it.
 
     The listeners accept and store meanwhile; a model that cannot be loaded is logged here and reported by

@@ -96,13 +96,11 @@ class Service:
 
             self._start("audit-syslog", AuditSyslogForwarder(ctx))
         if "listeners" in self.roles:
-            for name, module, cls in (
-                ("dicom", "ecgcad.listeners.dicom_scp", "DicomScp"),
-                ("hl7", "ecgcad.listeners.hl7_server", "Hl7Server"),
-            ):
-                component = _load_component(module, cls, ctx)
-                if component is not None:
-                    self._start(name, component)
+            from ecgcad.listeners.dicom_scp import DicomScp
+            from ecgcad.listeners.hl7_server import Hl7Server
+
+            self._start("dicom", DicomScp(ctx))
+            self._start("hl7", Hl7Server(ctx))
         if "api" in self.roles and self.settings.api.enabled:
             from ecgcad.api.server import ApiServer
 
@@ -158,16 +156,3 @@ class Service:
         finally:
             logger.info("stopping")
             self.stop()
-
-
-def _load_component(module: str, cls: str, ctx: AppContext) -> Any:
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            logger.warning("%s is not available in this build", module)
-            return None
-        raise
-    return getattr(mod, cls)(ctx)
