@@ -34,6 +34,7 @@ lint: install
 	$(VENV)/bin/ruff check ecgcad tests bench
 	$(VENV)/bin/ruff format --check ecgcad tests bench
 	$(VENV)/bin/mypy ecgcad
+	$(VENV)/bin/lint-imports
 
 # `make bench` runs every benchmark at its quick size (each prints its baseline beside it and writes
 # bench/results/*.json); `make bench-full` runs the full sizes (cold torch.compile and full training: long).
