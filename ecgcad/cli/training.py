@@ -120,6 +120,47 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
         fail(f"{option}: expected comma-separated integers, got {text!r}")
 
 
+def _architecture(
+    width: int | None,
+    filters: str | None,
+    blocks: str | None,
+    groups_width: int | None,
+    kernel_size: int | None,
+) -> dict[str, Any] | None:
+    """The Net1D architecture asked for by ``train``'s options; ``None`` (the full ECGFounder one) if none.
+
+    Parameters
+    ----------
+    width:
+        ``--width``: the reduced Net1D of :func:`~ecgcad.training.train.width_architecture`.
+    filters, blocks:
+        ``--filters`` and ``--blocks``: comma-separated ``filter_list`` and ``m_blocks_list``; they override
+        ``--width``'s, and without it ``base_filters`` is the first filter count.
+    groups_width, kernel_size:
+        ``--groups-width`` and ``--kernel-size``: override the corresponding setting.
+
+    Returns
+    -------
+    dict[str, Any] | None
+        Keyword arguments of ``build_net1d``.
+    """
+    from ecgcad.training.train import width_architecture
+
+    arch: dict[str, Any] | None = width_architecture(width) if width else None
+    extra: dict[str, Any] = {
+        "filter_list": _int_list(filters, "--filters"),
+        "m_blocks_list": _int_list(blocks, "--blocks"),
+        "groups_width": groups_width,
+        "kernel_size": kernel_size,
+    }
+    extra = {k: v for k, v in extra.items() if v is not None}
+    if extra:
+        arch = {**(arch or {}), **extra}
+        if "filter_list" in extra and not width:
+            arch.setdefault("base_filters", extra["filter_list"][0])
+    return arch
+
+
 def train_command(
     dataset: Annotated[Path, typer.Argument(help="Array store from `ecgcad dataset build`.")],
     out: Annotated[
@@ -186,22 +227,11 @@ def train_command(
 
     from ecgcad.training.dataset import DatasetStore
     from ecgcad.training.recipe import AugmentationSettings
-    from ecgcad.training.train import TrainConfig, train, width_architecture
+    from ecgcad.training.train import TrainConfig, train
 
     if threads:
         torch.set_num_threads(threads)
-    arch: dict[str, Any] | None = width_architecture(width) if width else None
-    extra: dict[str, Any] = {
-        "filter_list": _int_list(filters, "--filters"),
-        "m_blocks_list": _int_list(blocks, "--blocks"),
-        "groups_width": groups_width,
-        "kernel_size": kernel_size,
-    }
-    extra = {k: v for k, v in extra.items() if v is not None}
-    if extra:
-        arch = {**(arch or {}), **extra}
-        if "filter_list" in extra and not width:
-            arch.setdefault("base_filters", extra["filter_list"][0])
+    arch = _architecture(width, filters, blocks, groups_width, kernel_size)
     try:
         cfg = TrainConfig(
             epochs=epochs,

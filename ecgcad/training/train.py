@@ -237,6 +237,387 @@ class _Log:
             fh.write(json.dumps(record) + "\n")
 
 
+@dataclasses.dataclass(slots=True)
+class _FoldTraining:
+    """The moving parts of one fold's training and the best epoch seen so far.
+
+    ``best_epoch`` is 0-based and ``-1`` (with ``best_state`` ``None`` and ``best_auc`` ``-1``) until the
+    first validation; ``best_probs`` are the best epoch's validation probabilities ``(len(val_rows), 4)``.
+    """
+
+    module: Net1D
+    uw: UncertaintyWeighting
+    optimiser: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    pcgrad_params: list[torch.nn.Parameter]
+    init_info: dict[str, Any]
+    steps_per_epoch: int
+    total_steps: int
+    best_probs: np.ndarray
+    best_auc: float = -1.0
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _EpochLoss:
+    """What one training epoch accumulated.
+
+    ``totals`` are the per-vessel BCE sums (each batch's mean times its size, augmented copies included)
+    over ``seen`` ECGs; ``started`` is the ``time.perf_counter()`` reading when the first batch was asked for.
+    """
+
+    intensity: float
+    totals: np.ndarray
+    seen: int
+    conflicts: int
+    started: float
+
+
+def _fold_training(
+    config: TrainConfig, fold: int, n_train: int, n_val: int, device: torch.device
+) -> _FoldTraining:
+    """A fresh model, uncertainty weighting, AdamW and warm-up/cosine schedule for one fold.
+
+    Parameters
+    ----------
+    config:
+        The run's hyper-parameters.
+    fold:
+        The fold number; the model is initialised with seed ``config.seed * 1000 + fold``.
+    n_train, n_val:
+        Sizes of the fold's training and validation sets (steps per epoch, empty best probabilities).
+    device:
+        Where the model and the weighting live.
+
+    Returns
+    -------
+    _FoldTraining
+        Ready for epoch 0, with no best epoch yet.
+    """
+    module, init_info = make_module(config, config.seed * 1000 + fold)
+    module.to(device)
+    params = _trainable(module, config.linear_probe)
+    uw = UncertaintyWeighting(len(VESSEL_OUTPUTS)).to(device)
+    groups = [{"params": params, "weight_decay": config.weight_decay}]
+    if config.uncertainty_weighting:
+        groups.append({"params": list(uw.parameters()), "weight_decay": 0.0})
+    optimiser = torch.optim.AdamW(groups, lr=config.lr)
+    steps_per_epoch = -(-n_train // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: warmup_cosine(s, total, config.warmup_fraction, config.final_lr_fraction)
+    )
+    # PCGrad projects the gradients of every optimised tensor, the log-variances included when learned.
+    pcgrad_params = params + (list(uw.parameters()) if config.uncertainty_weighting else [])
+    return _FoldTraining(
+        module=module,
+        uw=uw,
+        optimiser=optimiser,
+        scheduler=scheduler,
+        pcgrad_params=pcgrad_params,
+        init_info=init_info,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        best_probs=np.zeros((n_val, len(VESSEL_OUTPUTS))),
+    )
+
+
+def _resume_fold(training: _FoldTraining, state_path: Path, device: torch.device) -> int:
+    """Load the state :func:`_save_fold_state` wrote into ``training``; return the next (0-based) epoch.
+
+    Parameters
+    ----------
+    training:
+        A fresh :func:`_fold_training` of the same fold and configuration; updated in place.
+    state_path:
+        ``state/fold-K.pt`` of the run.
+    device:
+        Where the loaded tensors go.
+
+    Returns
+    -------
+    int
+        The epoch after the saved one.
+    """
+    saved = torch.load(state_path, map_location=device, weights_only=True)
+    training.module.load_state_dict(saved["model"])
+    training.uw.load_state_dict(saved["uw"])
+    training.optimiser.load_state_dict(saved["optimiser"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    training.best_auc = float(saved["best_auc"])
+    training.best_epoch = int(saved["best_epoch"])
+    training.best_state = saved["best_model"]
+    training.best_probs = saved["best_probs"].numpy()
+    return int(saved["epoch"]) + 1
+
+
+def _train_epoch(
+    training: _FoldTraining,
+    x: np.ndarray,
+    y: np.ndarray,
+    train_rows: np.ndarray,
+    config: TrainConfig,
+    fold: int,
+    epoch: int,
+    device: torch.device,
+    on_step: Callable[[int, int], None] | None,
+) -> _EpochLoss:
+    """One pass over the shuffled training rows, each batch with an augmented copy (when configured).
+
+    All randomness comes from ``np.random.default_rng([seed, fold, epoch])``: first the seed of the
+    augmentation/PCGrad generator, then the global torch seed (dropout), then the shuffle — in that order,
+    so that a resumed run repeats an uninterrupted one exactly.
+
+    Parameters
+    ----------
+    training:
+        The fold's model, optimiser and schedule; stepped in place.
+    x, y:
+        Preprocessed signals and labels of the whole store.
+    train_rows:
+        The fold's training rows.
+    config:
+        The run's hyper-parameters.
+    fold, epoch:
+        Which fold and (0-based) epoch: the seed, and the global step reported to ``on_step``.
+    device:
+        Where the batches go.
+    on_step:
+        Called after every optimiser step with ``(step within the fold, total steps of the fold)``.
+
+    Returns
+    -------
+    _EpochLoss
+        Per-vessel loss totals, ECGs seen and PCGrad conflicts.
+    """
+    rng = np.random.default_rng([config.seed, fold, epoch])
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    torch.manual_seed(int(rng.integers(2**62)))
+    intensity = augmentation_intensity(epoch, config.epochs, config.augmentation)
+    _set_train_mode(training.module, config.linear_probe)
+    totals = np.zeros(len(VESSEL_OUTPUTS))
+    conflicts = seen = 0
+    started = time.perf_counter()
+    for k, (xb, yb) in enumerate(_batches(x, y, rng.permutation(train_rows), config.batch_size, device)):
+        if config.augmented_copy:
+            xa = augment(xb, intensity, config.augmentation, gen)
+            xb, yb = torch.cat([xb, xa]), torch.cat([yb, yb])
+        task, step_conflicts = _train_step(training, xb, yb, config, gen, device)
+        conflicts += step_conflicts
+        totals += task.float().cpu().numpy() * len(yb)
+        seen += len(yb)
+        if on_step:
+            on_step(epoch * training.steps_per_epoch + k + 1, training.total_steps)
+    return _EpochLoss(intensity, totals, seen, conflicts, started)
+
+
+def _train_step(
+    training: _FoldTraining,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    config: TrainConfig,
+    gen: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, int]:
+    """One optimiser and scheduler step on a batch: per-vessel BCE, uncertainty weighting, PCGrad.
+
+    Parameters
+    ----------
+    training:
+        The fold's model, weighting, optimiser and schedule; stepped in place.
+    xb, yb:
+        The batch (augmented copy included) on ``device``.
+    config:
+        The run's hyper-parameters (which of weighting and PCGrad, bf16).
+    gen:
+        The epoch's generator (PCGrad's random projection order).
+    device:
+        Where the batch is; bf16 autocast applies on CUDA only.
+
+    Returns
+    -------
+    tuple[torch.Tensor, int]
+        The unweighted per-vessel losses (detached) and the number of PCGrad conflicts.
+    """
+    training.optimiser.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"):
+        logits = training.module(xb)
+    task = per_vessel_bce(logits, yb)
+    weighted = training.uw(task) if config.uncertainty_weighting else task
+    conflicts = 0
+    if config.pcgrad:
+        conflicts = pcgrad_backward(weighted, training.pcgrad_params, gen)
+    else:
+        weighted.sum().backward()
+    training.optimiser.step()
+    training.scheduler.step()
+    return task.detach(), conflicts
+
+
+def _validate(
+    training: _FoldTraining,
+    x: np.ndarray,
+    y: np.ndarray,
+    val_rows: np.ndarray,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+) -> tuple[float, list[float], bool]:
+    """Score the validation rows and keep this epoch as the best when its macro-AUC is higher.
+
+    Parameters
+    ----------
+    training:
+        The fold's model and best epoch so far; the best is updated in place.
+    x, y:
+        Preprocessed signals and labels of the whole store.
+    val_rows:
+        The fold's validation rows.
+    config:
+        The run's hyper-parameters (evaluation batch size, bf16).
+    epoch:
+        The (0-based) epoch just trained.
+    device:
+        Where the model is.
+
+    Returns
+    -------
+    tuple[float, list[float], bool]
+        The macro-AUC, the per-vessel AUCs, and whether this epoch became the best (always the first one).
+    """
+    logits_val = predict_logits(training.module, x, val_rows, device, config.eval_batch_size, config.bf16)
+    probs = _sigmoid(logits_val)
+    auc, per_vessel = macro_auc(y[val_rows], probs)
+    improved = training.best_state is None or auc > training.best_auc
+    if improved:
+        training.best_auc, training.best_epoch, training.best_probs = auc, epoch, probs
+        training.best_state = {k: v.detach().cpu().clone() for k, v in training.module.state_dict().items()}
+    return auc, per_vessel, improved
+
+
+def _epoch_record(
+    training: _FoldTraining,
+    fold: int,
+    epoch: int,
+    loss: _EpochLoss,
+    auc: float,
+    per_vessel: list[float],
+    improved: bool,
+) -> dict[str, Any]:
+    """The ``metrics.jsonl`` line of one epoch (``epoch`` 1-based there; ``seconds`` since the first batch).
+
+    Parameters
+    ----------
+    training:
+        The fold's schedule and uncertainty weighting after the epoch.
+    fold, epoch:
+        Which fold and (0-based) epoch.
+    loss:
+        What :func:`_train_epoch` returned.
+    auc, per_vessel, improved:
+        What :func:`_validate` returned.
+
+    Returns
+    -------
+    dict[str, Any]
+        The JSON record.
+    """
+    mean_loss = (loss.totals / max(loss.seen, 1)).round(5).tolist()
+    return {
+        "fold": fold,
+        "epoch": epoch + 1,
+        "lr": training.scheduler.get_last_lr()[0],
+        "augmentation_intensity": round(loss.intensity, 4),
+        "train_loss": dict(zip(VESSEL_OUTPUTS, mean_loss, strict=True)),
+        "uncertainty_weights": dict(
+            zip(VESSEL_OUTPUTS, [round(w, 4) for w in training.uw.weights], strict=True)
+        ),
+        "pcgrad_conflicts": loss.conflicts,
+        "val_auc": dict(zip(VESSEL_OUTPUTS, [round(a, 4) for a in per_vessel], strict=True)),
+        "val_macro_auc": round(auc, 4),
+        "best": improved,
+        "seconds": round(time.perf_counter() - loss.started, 2),
+    }
+
+
+def _save_fold_state(training: _FoldTraining, state_path: Path, epoch: int) -> None:
+    """Write ``state/fold-K.pt`` (everything :func:`_resume_fold` needs) atomically: a temporary file, then
+    a rename, so an interruption leaves the previous epoch's state intact.
+
+    Parameters
+    ----------
+    training:
+        The fold's model, weighting, optimiser, schedule and best epoch.
+    state_path:
+        ``state/fold-K.pt`` of the run (its folder is created).
+    epoch:
+        The (0-based) epoch just finished.
+    """
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_path.with_name(state_path.name + ".tmp")
+    torch.save(
+        {
+            "model": training.module.state_dict(),
+            "uw": training.uw.state_dict(),
+            "optimiser": training.optimiser.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_auc": training.best_auc,
+            "best_epoch": training.best_epoch,
+            "best_model": training.best_state,
+            "best_probs": torch.from_numpy(np.asarray(training.best_probs)),
+        },
+        tmp,
+    )
+    os.replace(tmp, state_path)
+
+
+def _write_fold_checkpoint(
+    training: _FoldTraining, out: Path, fold: int, metadata_base: dict[str, Any]
+) -> Path:
+    """Put the best epoch's weights back into the model and write ``folds/fold-K.pt`` and
+    ``folds/fold-K.done.json`` (the marker that lets ``--resume`` skip the fold).
+
+    Parameters
+    ----------
+    training:
+        The fold's model and best epoch (there must be one); the model ends on the CPU in eval mode.
+    out:
+        The run folder.
+    fold:
+        The fold number.
+    metadata_base:
+        The run's checkpoint metadata; the fold's provenance (initialisation, best epoch, validation
+        macro-AUC, uncertainty weights) is added to a copy.
+
+    Returns
+    -------
+    Path
+        The checkpoint written.
+    """
+    assert training.best_state is not None
+    module = training.module
+    module.load_state_dict(training.best_state)
+    module.cpu().eval()
+    ckpt = out / "folds" / f"fold-{fold}.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(metadata_base)
+    meta["provenance"] = {
+        **metadata_base["provenance"],
+        **training.init_info,
+        "fold": fold,
+        "best_epoch": training.best_epoch + 1,
+        "validation_macro_auc": round(training.best_auc, 4),
+        "uncertainty_weights": training.uw.weights,
+    }
+    save_checkpoint(ckpt, module, meta)
+    (out / "folds" / f"fold-{fold}.done.json").write_text(
+        json.dumps({"fold": fold, "best_epoch": training.best_epoch + 1, "best_auc": training.best_auc})
+    )
+    return ckpt
+
+
 def train_fold(
     store: DatasetStore,
     x: np.ndarray,
@@ -251,131 +632,65 @@ def train_fold(
     metadata_base: dict[str, Any],
     on_step: Callable[[int, int], None] | None = None,
 ) -> FoldResult:
-    """Train one fold (resuming from ``state/fold-K.pt`` when asked); write its best checkpoint."""
+    """Train one fold (resuming from ``state/fold-K.pt`` when asked); write its best checkpoint.
+
+    Every epoch is trained, validated, logged (``metrics.jsonl`` and a progress line) and saved to
+    ``state/fold-K.pt``; at the end the best epoch's weights go to ``folds/fold-K.pt``.
+
+    Parameters
+    ----------
+    store:
+        The data set (labels).
+    x:
+        Its preprocessed signals.
+    fold:
+        The fold number.
+    train_rows, val_rows:
+        The fold's training and validation rows.
+    config:
+        The run's hyper-parameters.
+    out:
+        The run folder.
+    log:
+        Where epoch records and progress lines go.
+    resume:
+        Continue from ``state/fold-K.pt`` when it exists.
+    metadata_base:
+        The run's checkpoint metadata (the fold's provenance is added).
+    on_step:
+        Called after every optimiser step with ``(step within the fold, total steps of the fold)``.
+
+    Returns
+    -------
+    FoldResult
+        The best epoch (1-based), its macro-AUC, the checkpoint and the validation probabilities.
+    """
     y = store.labels
     device = resolve_device(config.device)
-    module, init_info = make_module(config, config.seed * 1000 + fold)
-    module.to(device)
-    params = _trainable(module, config.linear_probe)
-    uw = UncertaintyWeighting(len(VESSEL_OUTPUTS)).to(device)
-    groups = [{"params": params, "weight_decay": config.weight_decay}]
-    if config.uncertainty_weighting:
-        groups.append({"params": list(uw.parameters()), "weight_decay": 0.0})
-    optimiser = torch.optim.AdamW(groups, lr=config.lr)
-    steps_per_epoch = -(-len(train_rows) // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: warmup_cosine(s, total, config.warmup_fraction, config.final_lr_fraction)
-    )
+    training = _fold_training(config, fold, len(train_rows), len(val_rows), device)
     state_path = out / "state" / f"fold-{fold}.pt"
-    start_epoch, best_auc, best_epoch = 0, -1.0, -1
-    best_state: dict[str, torch.Tensor] | None = None
-    best_probs = np.zeros((len(val_rows), len(VESSEL_OUTPUTS)))
+    start_epoch = 0
     if resume and state_path.exists():
-        saved = torch.load(state_path, map_location=device, weights_only=True)
-        module.load_state_dict(saved["model"])
-        uw.load_state_dict(saved["uw"])
-        optimiser.load_state_dict(saved["optimiser"])
-        scheduler.load_state_dict(saved["scheduler"])
-        start_epoch, best_auc, best_epoch = (
-            int(saved["epoch"]) + 1,
-            float(saved["best_auc"]),
-            int(saved["best_epoch"]),
-        )
-        best_state = saved["best_model"]
-        best_probs = saved["best_probs"].numpy()
+        start_epoch = _resume_fold(training, state_path, device)
         log.say(f"fold {fold}: resuming at epoch {start_epoch + 1}")
-    all_params = params + (list(uw.parameters()) if config.uncertainty_weighting else [])
-    autocast = config.bf16 and device.type == "cuda"
     for epoch in range(start_epoch, config.epochs):
-        rng = np.random.default_rng([config.seed, fold, epoch])
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        torch.manual_seed(int(rng.integers(2**62)))
-        intensity = augmentation_intensity(epoch, config.epochs, config.augmentation)
-        _set_train_mode(module, config.linear_probe)
-        totals = np.zeros(len(VESSEL_OUTPUTS))
-        conflicts = seen = 0
-        started = time.perf_counter()
-        for k, (xb, yb) in enumerate(_batches(x, y, rng.permutation(train_rows), config.batch_size, device)):
-            if config.augmented_copy:
-                xa = augment(xb, intensity, config.augmentation, gen)
-                xb, yb = torch.cat([xb, xa]), torch.cat([yb, yb])
-            optimiser.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                logits = module(xb)
-            task = per_vessel_bce(logits, yb)
-            weighted = uw(task) if config.uncertainty_weighting else task
-            if config.pcgrad:
-                conflicts += pcgrad_backward(weighted, all_params, gen)
-            else:
-                weighted.sum().backward()
-            optimiser.step()
-            scheduler.step()
-            totals += task.detach().float().cpu().numpy() * len(yb)
-            seen += len(yb)
-            if on_step:
-                on_step(epoch * steps_per_epoch + k + 1, total)
-        logits_val = predict_logits(module, x, val_rows, device, config.eval_batch_size, config.bf16)
-        probs = _sigmoid(logits_val)
-        auc, per_vessel = macro_auc(y[val_rows], probs)
-        improved = best_state is None or auc > best_auc
-        if improved:
-            best_auc, best_epoch, best_probs = auc, epoch, probs
-            best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        record = {
-            "fold": fold,
-            "epoch": epoch + 1,
-            "lr": scheduler.get_last_lr()[0],
-            "augmentation_intensity": round(intensity, 4),
-            "train_loss": dict(zip(VESSEL_OUTPUTS, (totals / max(seen, 1)).round(5).tolist(), strict=True)),
-            "uncertainty_weights": dict(zip(VESSEL_OUTPUTS, [round(w, 4) for w in uw.weights], strict=True)),
-            "pcgrad_conflicts": conflicts,
-            "val_auc": dict(zip(VESSEL_OUTPUTS, [round(a, 4) for a in per_vessel], strict=True)),
-            "val_macro_auc": round(auc, 4),
-            "best": improved,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        log.write(record)
+        loss = _train_epoch(training, x, y, train_rows, config, fold, epoch, device, on_step)
+        auc, per_vessel, improved = _validate(training, x, y, val_rows, config, epoch, device)
+        log.write(_epoch_record(training, fold, epoch, loss, auc, per_vessel, improved))
         log.say(
             f"fold {fold} epoch {epoch + 1}/{config.epochs}: val macro-AUC {auc:.3f}"
             + (" *" if improved else "")
         )
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save(
-            {
-                "model": module.state_dict(),
-                "uw": uw.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "best_auc": best_auc,
-                "best_epoch": best_epoch,
-                "best_model": best_state,
-                "best_probs": torch.from_numpy(np.asarray(best_probs)),
-            },
-            tmp,
-        )
-        os.replace(tmp, state_path)
-    assert best_state is not None
-    module.load_state_dict(best_state)
-    module.cpu().eval()
-    ckpt = out / "folds" / f"fold-{fold}.pt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(metadata_base)
-    meta["provenance"] = {
-        **metadata_base["provenance"],
-        **init_info,
-        "fold": fold,
-        "best_epoch": best_epoch + 1,
-        "validation_macro_auc": round(best_auc, 4),
-        "uncertainty_weights": uw.weights,
-    }
-    save_checkpoint(ckpt, module, meta)
-    (out / "folds" / f"fold-{fold}.done.json").write_text(
-        json.dumps({"fold": fold, "best_epoch": best_epoch + 1, "best_auc": best_auc})
+        _save_fold_state(training, state_path, epoch)
+    ckpt = _write_fold_checkpoint(training, out, fold, metadata_base)
+    return FoldResult(
+        fold,
+        training.best_epoch + 1,
+        training.best_auc,
+        ckpt,
+        np.asarray(val_rows),
+        np.asarray(training.best_probs),
     )
-    return FoldResult(fold, best_epoch + 1, best_auc, ckpt, np.asarray(val_rows), np.asarray(best_probs))
 
 
 def _split(store: DatasetStore, config: TrainConfig) -> list[tuple[int, np.ndarray, np.ndarray]]:
