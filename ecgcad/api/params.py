@@ -19,9 +19,7 @@ from fastapi.responses import JSONResponse, Response
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
-CURSOR_MESSAGE = (
-    f"cursor must be an integer from 0 to {INT64_MAX}: use the `next` link of the previous page"
-)
+CURSOR_MESSAGE = f"cursor must be an integer from 0 to {INT64_MAX}: use the `next` link of the previous page"
 
 #: The ``cursor`` query parameter of every paged route (the id the next page starts below).
 Cursor = Annotated[
