@@ -134,7 +134,9 @@ def _has_bearer_header(request: Request) -> bool:
 def _cross_site_reason(request: Request) -> str | None:
     site = request.headers.get("sec-fetch-site")
     if site is not None:
-        return None if site in ("same-origin", "none") else f"Sec-Fetch-Site {site}"
+        if site in ("same-origin", "none"):
+            return None
+        return f"Sec-Fetch-Site {site if site in ('same-site', 'cross-site') else 'unrecognised'}"
     origin = request.headers.get("origin")
     if origin is not None:
         host = request.headers.get("host", "")
@@ -171,7 +173,9 @@ def _audit_refusal(request: Request, reason: str) -> None:
 async def _refuse(request: Request, reason: str) -> HTTPException:
     # The audit write may wait for the database's write lock: not on the event loop.
     await run_in_threadpool(_audit_refusal, request, reason)
-    logger.info("refused %s %s: %s", request.method, request.url.path, reason)
+    # The route template, not the raw path: a path is caller text and could carry anything.
+    route = getattr(request.scope.get("route"), "path", "?")
+    logger.info("refused %s %s: %s", request.method, route, reason)
     return HTTPException(403, f"cross-site request refused: {reason}; reload the page and try again")
 
 
