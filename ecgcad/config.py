@@ -7,7 +7,7 @@ The keys below are a public contract (files written by people and by tests outsi
 
     [dicom]   ae_title, host, port, allowed_calling_aets, ...
     [hl7]     host, port, ...
-    [api]     host, port, ...
+    [api]     host, port, trusted_proxies, docs, ...
     [model]   checkpoint, device, max_batch, max_wait_ms, optimize, compile_cache_dir
     [thresholds] rca, lm, lad, lcx
     [[destinations]] name, kind, host, port, ae_title, send
@@ -20,6 +20,7 @@ Unknown keys and bad values are a start-up error naming the key (:class:`Configu
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -148,6 +149,28 @@ class ApiSettings(_Section):
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0 = ephemeral).")
     metrics_public: bool = Field(True, description="Serve /metrics without a token.")
     enabled: bool = Field(True, description="Start the API with `ecgcad serve`.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Reverse-proxy addresses or CIDRs whose X-Forwarded-For / X-Forwarded-Proto are believed "
+            "(the client address in audit events); empty (default) = trust none, use the TCP peer."
+        ),
+    )
+    docs: bool = Field(
+        True,
+        description="Serve /docs and /openapi.json to authenticated callers (true, default) or not at all.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        out = []
+        for entry in v:
+            try:
+                out.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+        return out
 
 
 class ModelSettings(_Section):
