@@ -24,9 +24,9 @@ allow-lists; refused associations are audited.
 
 Objects are size-limited while they arrive: once a C-STORE data set passes ``dicom.max_object_mb`` the
 association keeps reading its remaining fragments but keeps none of them, and the request is answered
-``0xA700`` when it is complete (see :func:`_limit_data_sets`); a PDU longer than we negotiated closes the
-connection before it is read (see :func:`_limit_pdu_length`). Memory per association stays within the limit
-plus one PDU however large the object.
+``0xA700`` when it is complete; a PDU longer than we negotiated closes the connection before it is read
+(:mod:`ecgcad.listeners.dicom_limits`). An association holds at most the limit plus one PDU of an object,
+however large the object. An object over the readers' decode limit is refused the same way, never stored.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
@@ -60,11 +60,9 @@ from ecgcad.integration import readers
 from ecgcad.integration.dicom_encode import part10_file
 from ecgcad.integration.ecg import Ecg
 from ecgcad.listeners.allowlist import AddressAllowList
+from ecgcad.listeners.dicom_limits import DiscardedDataSet, limit_data_sets, limit_pdu_length
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -264,10 +262,10 @@ class DicomScp:
     def _on_connection(self, event: Any) -> None:
         self._on_progress(event)
         _wait_for_dimse_messages(event.assoc)
-        _limit_data_sets(event.assoc, self.max_object_bytes)
+        limit_data_sets(event.assoc, self.max_object_bytes)
         # A peer may ignore the maximum PDU length we negotiate; one PDU is read whole, so it is capped too.
         max_pdu = self.settings.max_pdu
-        _limit_pdu_length(event.assoc, max(max_pdu, MIB) if max_pdu else self.max_object_bytes + MIB)
+        limit_pdu_length(event.assoc, max(max_pdu, MIB) if max_pdu else self.max_object_bytes + MIB)
 
     def _watchdog(self, server: _Server) -> None:
         """Cut connections that send no complete PDU in time (pynetdicom blocks in ``recv`` until a PDU is
@@ -377,9 +375,9 @@ class DicomScp:
         calling_ae = assoc.requestor.ae_title.strip()[:16]
         peer = assoc.requestor.address
         data_set = cast(io.BytesIO, request.DataSet)
-        size = data_set.received if isinstance(data_set, _Discarded) else data_set.seek(0, io.SEEK_END)
+        size = data_set.received if isinstance(data_set, DiscardedDataSet) else data_set.seek(0, io.SEEK_END)
         if size > self.max_object_bytes:
-            return self._refuse_too_large(event, sop_instance_uid, size, "dicom.max_object_mb")
+            return self._refuse_too_large(event, sop_instance_uid, size, self.max_object_bytes)
         data = part10_file(
             data_set.getvalue(),
             sop_class_uid=sop_class_uid or "",
@@ -389,7 +387,7 @@ class DicomScp:
         )
         if len(data) > readers.MAX_INPUT_BYTES:
             # Never store and acknowledge what the readers refuse to decode for its size.
-            return self._refuse_too_large(event, sop_instance_uid, len(data), "the decode limit")
+            return self._refuse_too_large(event, sop_instance_uid, len(data), readers.MAX_INPUT_BYTES)
         ecg, decode_error = self._decode(data, sop_instance_uid)
         if ecg is None and decode_error is None:
             logger.warning("unreadable dataset uid#%s from %s", uid_hash(sop_instance_uid), calling_ae)
@@ -413,11 +411,11 @@ class DicomScp:
         self.stored += 0 if result.duplicate else 1
         return STATUS_SUCCESS
 
-    def _refuse_too_large(self, event: Any, sop_instance_uid: str | None, size: int, limit: str) -> Dataset:
+    def _refuse_too_large(self, event: Any, sop_instance_uid: str | None, size: int, limit: int) -> Dataset:
         assoc = event.assoc
         calling_ae = assoc.requestor.ae_title.strip()[:16]
         logger.warning(
-            "refused uid#%s from %s: %d bytes, over %s", uid_hash(sop_instance_uid), calling_ae, size, limit
+            "refused uid#%s from %s: %d bytes, over %d", uid_hash(sop_instance_uid), calling_ae, size, limit
         )
         self._audit(
             "dicom.rejected",
@@ -426,7 +424,7 @@ class DicomScp:
             address=assoc.requestor.address,
             detail={"reason": "object too large", "bytes": size, "limit": limit},
         )
-        return _status(STATUS_OUT_OF_RESOURCES, f"object larger than {self.settings.max_object_mb} MiB")
+        return _status(STATUS_OUT_OF_RESOURCES, f"object larger than {limit} bytes")
 
 
 #: How long the association's reactor waits on its DIMSE queue per turn (see :func:`_wait_for_dimse_messages`).
@@ -477,78 +475,6 @@ def _wait_for_dimse_messages(assoc: Any) -> None:
             return None, None
 
     dimse.get_msg = get_msg
-
-
-class _Discarded(io.BytesIO):
-    """Stands in for a C-STORE data set that passed the size limit: counts the fragments still arriving and
-    keeps none of them."""
-
-    def __init__(self, received: int) -> None:
-        super().__init__()
-        #: Bytes of the data set received so far, kept or not.
-        self.received = received
-
-    def write(self, buffer: ReadableBuffer, /) -> int:
-        n = memoryview(buffer).nbytes
-        self.received += n
-        return n
-
-
-def _limit_data_sets(assoc: Any, max_bytes: int) -> None:
-    """Stop keeping a data set on ``assoc`` once it passes ``max_bytes``.
-
-    pynetdicom appends each data set fragment to the message being received (a ``BytesIO``) and hands the
-    whole message on when its last fragment arrives. After each P-DATA, a message whose data set has passed
-    ``max_bytes`` gets a :class:`_Discarded` in its place: the buffer is released at once and the rest of
-    the object is only counted; the C-STORE handler sees the count and refuses the object. One length
-    comparison per PDU. Left alone if this pynetdicom has no such provider.
-    """
-    dimse = getattr(assoc, "dimse", None)
-    receive = getattr(dimse, "receive_primitive", None)
-    if dimse is None or receive is None:
-        return
-
-    def receive_primitive(primitive: Any) -> None:
-        receive(primitive)
-        message = dimse.message
-        data_set = getattr(message, "data_set", None)
-        if data_set is not None and data_set.tell() > max_bytes:
-            message.data_set = _Discarded(data_set.tell())
-
-    dimse.receive_primitive = receive_primitive
-
-
-def _limit_pdu_length(assoc: Any, max_bytes: int) -> None:
-    """Close ``assoc``'s connection when a PDU announces more than ``max_bytes``, before reading it.
-
-    pynetdicom reads a PDU whole whatever length its header announces, so a peer that ignores the maximum
-    PDU length we negotiated could make us hold an object in one piece. The announced length is what the
-    transport is asked to read; a longer one gets no bytes, which pynetdicom treats as a closed connection.
-    """
-    sock = getattr(getattr(assoc, "dul", None), "socket", None)
-    recv = getattr(sock, "recv", None)
-    if sock is None or recv is None:
-        return
-
-    cut = False
-
-    def capped_recv(nr_bytes: int) -> bytearray:
-        nonlocal cut
-        if not cut and nr_bytes <= max_bytes:
-            return cast(bytearray, recv(nr_bytes))
-        if not cut:  # once cut, nothing more the peer sent is read
-            cut = True
-            logger.warning(
-                "cutting DICOM connection from %s: PDU of %d bytes, over %d",
-                assoc.requestor.address,
-                nr_bytes,
-                max_bytes,
-            )
-            with contextlib.suppress(Exception):
-                sock.socket.shutdown(socket.SHUT_RDWR)
-        return bytearray()
-
-    sock.recv = capped_recv
 
 
 def _status(code: int, comment: str) -> Dataset:
