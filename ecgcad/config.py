@@ -68,6 +68,15 @@ class DicomSettings(_Section):
     allowed_addresses: list[str] = Field(default_factory=list, description="Peer IPs/CIDRs; empty = any.")
     max_pdu: int = Field(262144, ge=0, description="Maximum PDU length we receive, bytes (0 = unlimited).")
     max_associations: int = Field(32, ge=1, description="Concurrent associations.")
+    max_object_mb: int = Field(
+        64,
+        ge=1,
+        le=128,
+        description=(
+            "Largest C-STORE data set we accept, MiB; a larger one is refused 0xA700 while it streams in"
+            " (at most 128, the readers' decode limit)."
+        ),
+    )
     network_timeout_s: float = Field(
         60.0, gt=0, description="Seconds of silence before an association is aborted."
     )
