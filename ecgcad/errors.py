@@ -10,7 +10,8 @@ Every error raised on purpose by ecgcad derives from :class:`EcgcadError`::
     ├── ModelError                model construction or prediction failed
     │   └── CheckpointError           a checkpoint is unreadable, or its keys / shapes do not match
     ├── StorageError              the database or the object store failed
-    │   └── BackPressureError         queue too deep or disk under its reserve: the sender should retry
+    │   ├── BackPressureError         queue too deep or disk under its reserve: the sender should retry
+    │   └── AuditIntegrityError       the audit chain does not match its key or its last checkpoint
     ├── QueueError                job queue misuse (unknown kind, unknown job)
     ├── BuildError                an outbound object (SR, PDF, ORU) could not be built validly
     └── DeliveryError             a destination refused or did not confirm an outbound message
@@ -60,6 +61,10 @@ class StorageError(EcgcadError):
 
 class BackPressureError(StorageError):
     """The service is out of resources; retry later."""
+
+
+class AuditIntegrityError(StorageError):
+    """The audit trail does not match its key or its last checkpoint."""
 
 
 class QueueError(EcgcadError):
