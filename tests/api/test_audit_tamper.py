@@ -91,3 +91,7 @@ def test_rewriting_an_event_and_recomputing_the_unkeyed_chain_fails_audit_verify
     result = runner.invoke(app, ["audit", "verify", "--config", str(cfg)])
     assert result.exit_code == 1, result.output
     assert "BROKEN" in result.output
+    if from_start:  # a consistent chain on its own: only the signed checkpoint shows the rewrite
+        assert "not the head of the checkpoint" in result.output
+    else:
+        assert "BROKEN at event 3" in result.output and "unkeyed event after keyed" in result.output
