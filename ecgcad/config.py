@@ -151,6 +151,48 @@ class AuditSyslogSettings(_Section):
     interval_s: float = Field(2.0, gt=0, description="How often new events are forwarded, seconds.")
 
 
+class AuditSettings(_Section):
+    """The audit trail's key and its checkpoints (see ``docs/api.md``, "What the audit chain proves").
+
+    Every audit event's hash is an HMAC-SHA-256 keyed with a secret kept outside the database; signed
+    checkpoints (event count + head hash) are written to a file outside the database and, when
+    ``[audit_syslog]`` is on, forwarded to the audit repository. ``ecgcad audit verify`` checks both.
+    """
+
+    key: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "The chain's HMAC key (at least 32 characters; prefer ECGCAD_AUDIT__KEY). Empty = the key file."
+            " Every process writing to one database needs the same key."
+        ),
+    )
+    key_file: str = Field(
+        "",
+        description=(
+            "File holding the HMAC key; empty → <data_dir>/audit.key, created (0600) with a random key if"
+            " missing. Scale-out: the same file (or key) on every node."
+        ),
+    )
+    checkpoint_file: str = Field(
+        "", description="Signed checkpoint of the chain; empty → <data_dir>/audit-checkpoint.json (0600)."
+    )
+    checkpoint_interval_s: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "How often the scheduler role writes a checkpoint, seconds (also at start and clean stop)."
+            " Events after the last checkpoint can be removed from the tail undetected."
+        ),
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, v: SecretStr) -> SecretStr:
+        if v.get_secret_value() and len(v.get_secret_value().strip()) < 32:
+            raise ValueError("the audit key must have at least 32 characters")
+        return v
+
+
 class ApiSettings(_Section):
     """The admin / results API and dashboard."""
 
@@ -368,6 +410,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
     audit_syslog: AuditSyslogSettings = Field(default_factory=AuditSyslogSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
@@ -409,6 +452,18 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'ecgcad.db').resolve()}"
 
     @property
+    def audit_key_file(self) -> Path:
+        """The audit HMAC key file (``[audit] key_file``, default ``<data_dir>/audit.key``)."""
+        return Path(self.audit.key_file) if self.audit.key_file else self.data_dir / "audit.key"
+
+    @property
+    def audit_checkpoint_file(self) -> Path:
+        """The audit checkpoint file (``[audit] checkpoint_file``, default ``<data_dir>/audit-checkpoint.json``)."""
+        if self.audit.checkpoint_file:
+            return Path(self.audit.checkpoint_file)
+        return self.data_dir / "audit-checkpoint.json"
+
+    @property
     def is_embedded(self) -> bool:
         """True when running on SQLite (embedded engine)."""
         return self.effective_database_url.startswith("sqlite")
@@ -432,6 +487,7 @@ class Settings(BaseSettings):
         (``load_settings(None, **d)``). Never print or log it."""
         data = self.model_dump(mode="json")
         data["database_url"] = self.database_url.get_secret_value()
+        data["audit"]["key"] = self.audit.key.get_secret_value()
         return data
 
     def masked_dict(self) -> dict[str, Any]:

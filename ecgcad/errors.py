@@ -10,7 +10,8 @@ Every error raised on purpose by ecgcad derives from :class:`EcgcadError`::
     ├── ModelError                model construction or prediction failed
     │   └── CheckpointError           a checkpoint is unreadable, or its keys / shapes do not match
     ├── StorageError              the database or the object store failed
-    │   └── BackPressureError         queue too deep or disk under its reserve: the sender should retry
+    │   ├── BackPressureError         queue too deep or disk under its reserve: the sender should retry
+    │   └── AuditIntegrityError       the audit chain does not match its key or its last checkpoint
     ├── NestedWriteError          a write session opened inside another one of the same thread
     ├── QueueError                job queue misuse (unknown kind, unknown job)
     ├── BuildError                an outbound object (SR, PDF, ORU) could not be built validly
@@ -61,6 +62,10 @@ class StorageError(EcgcadError):
 
 class BackPressureError(StorageError):
     """The service is out of resources; retry later."""
+
+
+class AuditIntegrityError(StorageError):
+    """The audit trail does not match its key or its last checkpoint."""
 
 
 class NestedWriteError(EcgcadError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from ecgcad import __version__
@@ -24,10 +25,16 @@ ALL_ROLES = ("listeners", "api", "worker", "scheduler")
 
 
 def ensure_schema(settings: Settings) -> None:
-    """Embedded mode migrates on start; on PostgreSQL the schema must already be at head (``ecgcad migrate``)."""
+    """Embedded mode migrates on start; on PostgreSQL the schema must already be at head (``ecgcad migrate``).
+
+    First the data folder is made private (umask ``0077``, the folder ``0700``; wider existing modes are
+    warned about: :func:`ecgcad.db.datadir.prepare_data_dir`), before the database file is created in it.
+    """
+    from ecgcad.db.datadir import prepare_data_dir
     from ecgcad.db.migrate import current_revision, head_revision, upgrade
     from ecgcad.db.session import make_engine
 
+    prepare_data_dir(settings.data_dir, extra=_outside_data_dir(settings))
     if settings.is_embedded:
         upgrade(settings)
         return
@@ -42,6 +49,12 @@ def ensure_schema(settings: Settings) -> None:
         raise StorageError(
             f"database schema is at {current}, expected {head_revision()}: run `ecgcad migrate`"
         )
+
+
+def _outside_data_dir(settings: Settings) -> tuple[Path, ...]:
+    """The audit key and checkpoint files when configured outside the data folder."""
+    paths = (settings.audit_key_file, settings.audit_checkpoint_file)
+    return tuple(p for p in paths if p.parent.resolve() != settings.data_dir.resolve())
 
 
 class Service:
@@ -115,6 +128,10 @@ class Service:
             from ecgcad.db.audit_syslog import AuditSyslogForwarder
 
             self._start("audit-syslog", AuditSyslogForwarder(ctx))
+        if "scheduler" in self.roles:
+            from ecgcad.db.audit_checkpoint import AuditCheckpointer
+
+            self._start("audit-checkpoint", AuditCheckpointer(ctx), str(self.settings.audit_checkpoint_file))
         if "listeners" in self.roles:
             for name, module, cls in (
                 ("dicom", "ecgcad.listeners.dicom_scp", "DicomScp"),
@@ -152,6 +169,7 @@ class Service:
                 logger.info("stopped %s", name)
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 logger.exception("error stopping %s", name)
+        checkpointer = None if self.ctx is None else self.ctx.components.get("audit-checkpoint")
         self._started.clear()
         if self.ctx is not None:
             try:
@@ -161,6 +179,12 @@ class Service:
                     audit.record(s, "application.stop", detail={"version": __version__})
             except Exception:  # noqa: BLE001
                 logger.warning("could not audit application stop")
+            if checkpointer is not None:
+                # The last checkpoint covers the stop event itself (the forwarder has stopped: file only).
+                try:
+                    checkpointer.checkpoint_once()
+                except Exception:  # noqa: BLE001 - keep stopping
+                    logger.exception("could not write the final audit checkpoint")
             self.ctx.close()
 
     def request_stop(self, *_: object) -> None:

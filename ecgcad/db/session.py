@@ -32,6 +32,8 @@ from ecgcad.errors import NestedWriteError, StorageError
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: ``Session.info`` / ``DirectTransaction.info`` key of the database's audit key (``ecgcad.db.audit_key``).
+AUDIT_KEY_INFO = "ecgcad_audit_key"
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
@@ -89,12 +91,17 @@ class Database:
     ----------
     url:
         SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
+    audit_key:
+        The audit chain's HMAC key (:class:`ecgcad.db.audit_key.AuditKey`), handed to every session and
+        direct transaction in ``info``; ``None`` writes unkeyed (SHA-256) events, as before keys existed —
+        the service always has one (:meth:`from_settings`).
     """
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, audit_key: Any = None, **engine_kwargs: Any) -> None:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
-        self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._info: dict[str, Any] = {AUDIT_KEY_INFO: audit_key} if audit_key is not None else {}
+        self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False, info=self._info or None)
         self._write_lock: Any = (
             threading.RLock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
@@ -102,8 +109,15 @@ class Database:
         # Which threads hold a write session of this database (``active`` is set while one does).
         self._writer = threading.local()
         self._read_sessionmaker = sessionmaker(
-            self.engine.execution_options(ecgcad_readonly=True), expire_on_commit=False
+            self.engine.execution_options(ecgcad_readonly=True),
+            expire_on_commit=False,
+            info=self._info or None,
         )
+
+    @property
+    def audit_key(self) -> Any:
+        """The audit chain's key (``None``: unkeyed events)."""
+        return self._info.get(AUDIT_KEY_INFO)
 
     @property
     def dialect(self) -> str:
@@ -112,8 +126,16 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:
-        """Build from :class:`ecgcad.config.Settings`."""
-        return cls(settings.effective_database_url)
+        """Build from :class:`ecgcad.config.Settings`, with the audit key of its ``[audit]`` settings.
+
+        Raises
+        ------
+        ConfigurationError
+            The audit key is unusable (``ecgcad.db.audit_key.load_key``).
+        """
+        from ecgcad.db.audit_key import load_key
+
+        return cls(settings.effective_database_url, audit_key=load_key(settings))
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -207,7 +229,7 @@ class Database:
                     self._drop_kept()
                     raise StorageError(f"database error: {exc}") from exc
                 try:
-                    yield DirectTransaction(self.engine.dialect, driver)
+                    yield DirectTransaction(self.engine.dialect, driver, dict(self._info))
                 except BaseException:
                     self._rollback_kept(driver)
                     raise
