@@ -7,7 +7,7 @@ The keys below are a public contract (files written by people and by tests outsi
 
     [dicom]   ae_title, host, port, allowed_calling_aets, ...
     [hl7]     host, port, ...
-    [api]     host, port, ...
+    [api]     host, port, trusted_proxies, docs, ...
     [model]   checkpoint, device, max_batch, max_wait_ms, optimize, compile_cache_dir
     [thresholds] rca, lm, lad, lcx
     [[destinations]] name, kind, host, port, ae_title, send
@@ -20,6 +20,7 @@ Unknown keys and bad values are a start-up error naming the key (:class:`Configu
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -67,6 +68,15 @@ class DicomSettings(_Section):
     allowed_addresses: list[str] = Field(default_factory=list, description="Peer IPs/CIDRs; empty = any.")
     max_pdu: int = Field(262144, ge=0, description="Maximum PDU length we receive, bytes (0 = unlimited).")
     max_associations: int = Field(32, ge=1, description="Concurrent associations.")
+    max_object_mb: int = Field(
+        64,
+        ge=1,
+        le=128,
+        description=(
+            "Largest C-STORE data set we accept, MiB; a larger one is refused 0xA700 while it streams in"
+            " (at most 128, the readers' decode limit)."
+        ),
+    )
     network_timeout_s: float = Field(
         60.0, gt=0, description="Seconds of silence before an association is aborted."
     )
@@ -141,6 +151,48 @@ class AuditSyslogSettings(_Section):
     interval_s: float = Field(2.0, gt=0, description="How often new events are forwarded, seconds.")
 
 
+class AuditSettings(_Section):
+    """The audit trail's key and its checkpoints (see ``docs/api.md``, "What the audit chain proves").
+
+    Every audit event's hash is an HMAC-SHA-256 keyed with a secret kept outside the database; signed
+    checkpoints (event count + head hash) are written to a file outside the database and, when
+    ``[audit_syslog]`` is on, forwarded to the audit repository. ``ecgcad audit verify`` checks both.
+    """
+
+    key: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "The chain's HMAC key (at least 32 characters; prefer ECGCAD_AUDIT__KEY). Empty = the key file."
+            " Every process writing to one database needs the same key."
+        ),
+    )
+    key_file: str = Field(
+        "",
+        description=(
+            "File holding the HMAC key; empty → <data_dir>/audit.key, created (0600) with a random key if"
+            " missing. Scale-out: the same file (or key) on every node."
+        ),
+    )
+    checkpoint_file: str = Field(
+        "", description="Signed checkpoint of the chain; empty → <data_dir>/audit-checkpoint.json (0600)."
+    )
+    checkpoint_interval_s: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "How often the scheduler role writes a checkpoint, seconds (also at start and clean stop)."
+            " Events after the last checkpoint can be removed from the tail undetected."
+        ),
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, v: SecretStr) -> SecretStr:
+        if v.get_secret_value() and len(v.get_secret_value().strip()) < 32:
+            raise ValueError("the audit key must have at least 32 characters")
+        return v
+
+
 class ApiSettings(_Section):
     """The admin / results API and dashboard."""
 
@@ -148,6 +200,28 @@ class ApiSettings(_Section):
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0 = ephemeral).")
     metrics_public: bool = Field(True, description="Serve /metrics without a token.")
     enabled: bool = Field(True, description="Start the API with `ecgcad serve`.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Reverse-proxy addresses or CIDRs whose X-Forwarded-For / X-Forwarded-Proto are believed "
+            "(the client address in audit events); empty (default) = trust none, use the TCP peer."
+        ),
+    )
+    docs: bool = Field(
+        True,
+        description="Serve /docs and /openapi.json to authenticated callers (true, default) or not at all.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        out = []
+        for entry in v:
+            try:
+                out.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+        return out
 
 
 class ModelSettings(_Section):
@@ -336,6 +410,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
     audit_syslog: AuditSyslogSettings = Field(default_factory=AuditSyslogSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
@@ -377,6 +452,18 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'ecgcad.db').resolve()}"
 
     @property
+    def audit_key_file(self) -> Path:
+        """The audit HMAC key file (``[audit] key_file``, default ``<data_dir>/audit.key``)."""
+        return Path(self.audit.key_file) if self.audit.key_file else self.data_dir / "audit.key"
+
+    @property
+    def audit_checkpoint_file(self) -> Path:
+        """The audit checkpoint file (``[audit] checkpoint_file``, default ``<data_dir>/audit-checkpoint.json``)."""
+        if self.audit.checkpoint_file:
+            return Path(self.audit.checkpoint_file)
+        return self.data_dir / "audit-checkpoint.json"
+
+    @property
     def is_embedded(self) -> bool:
         """True when running on SQLite (embedded engine)."""
         return self.effective_database_url.startswith("sqlite")
@@ -400,6 +487,7 @@ class Settings(BaseSettings):
         (``load_settings(None, **d)``). Never print or log it."""
         data = self.model_dump(mode="json")
         data["database_url"] = self.database_url.get_secret_value()
+        data["audit"]["key"] = self.audit.key.get_secret_value()
         return data
 
     def masked_dict(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class AppContext:
         """Create the database engine, object store, queue and ingestor from ``settings``."""
         from ecgcad.pipeline.ingest import Ingestor
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: it holds PHI
         db = Database.from_settings(settings)
         store = ObjectStore(
             settings.data_dir / "objects", min_free_bytes=settings.queue.min_free_disk_mb * 1024 * 1024

@@ -10,7 +10,9 @@ Every error raised on purpose by ecgcad derives from :class:`EcgcadError`::
     ├── ModelError                model construction or prediction failed
     │   └── CheckpointError           a checkpoint is unreadable, or its keys / shapes do not match
     ├── StorageError              the database or the object store failed
-    │   └── BackPressureError         queue too deep or disk under its reserve: the sender should retry
+    │   ├── BackPressureError         queue too deep or disk under its reserve: the sender should retry
+    │   └── AuditIntegrityError       the audit chain does not match its key or its last checkpoint
+    ├── NestedWriteError          a write session opened inside another one of the same thread
     ├── QueueError                job queue misuse (unknown kind, unknown job)
     ├── BuildError                an outbound object (SR, PDF, ORU) could not be built validly
     └── DeliveryError             a destination refused or did not confirm an outbound message
@@ -60,6 +62,19 @@ class StorageError(EcgcadError):
 
 class BackPressureError(StorageError):
     """The service is out of resources; retry later."""
+
+
+class AuditIntegrityError(StorageError):
+    """The audit trail does not match its key or its last checkpoint."""
+
+
+class NestedWriteError(EcgcadError):
+    """A write session was opened inside another write session of the same thread.
+
+    Refused at once: on SQLite the inner one would wait out the busy timeout for the lock its own thread
+    holds (and every other writer of the process with it); on PostgreSQL it could wait forever on a row
+    the outer one has locked. Write in one session, or after the outer one has ended.
+    """
 
 
 class QueueError(EcgcadError):

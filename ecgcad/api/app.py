@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ecgcad import __version__
+from ecgcad.api.params import validation_error_handler
+from ecgcad.api.security import SecurityHeadersMiddleware
 
 
 def readiness(ctx: Any) -> tuple[bool, dict[str, Any]]:
@@ -32,8 +36,23 @@ def readiness(ctx: Any) -> tuple[bool, dict[str, Any]]:
 
 def create_app(ctx: Any) -> FastAPI:
     """Build the app around an :class:`~ecgcad.context.AppContext`."""
-    app = FastAPI(title="ecgcad", version=__version__, description="ECG coronary stenosis risk service API")
+    # No anonymous /docs, /redoc or /openapi.json: ecgcad.api.docs serves them behind authentication.
+    app = FastAPI(
+        title="ecgcad",
+        version=__version__,
+        description="ECG coronary stenosis risk service API",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.ctx = ctx
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_middleware(SecurityHeadersMiddleware)
+    proxies = list(ctx.settings.api.trusted_proxies)
+    if proxies:
+        # Added last, so outermost: the client address and scheme are fixed before anything reads them.
+        # Only these peers' X-Forwarded-For / X-Forwarded-Proto count (uvicorn's own handling is off).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=proxies)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -68,4 +87,7 @@ def create_app(ctx: Any) -> FastAPI:
         pass
     else:
         include_routes(app, ctx)
+    from ecgcad.api.docs import include_docs
+
+    include_docs(app, ctx)
     return app

@@ -1,7 +1,8 @@
 """The web dashboard: server-rendered pages (Jinja) over the same read models and audit events as the API.
 
 Login takes an API token and keeps it in an HttpOnly, SameSite=Strict cookie; every page re-checks it, so a
-revoked token logs its sessions out. Pages: overview ``/``, results ``/ecgs`` and ``/ecgs/{id}``,
+revoked token logs its sessions out. Every form that changes something (login and logout included) carries a
+CSRF token and is checked with its Origin / Sec-Fetch-Site (:mod:`ecgcad.api.security`). Pages: overview ``/``, results ``/ecgs`` and ``/ecgs/{id}``,
 deliveries ``/deliveries`` (operators), audit ``/audit`` (admins). Forms post back and redirect with a
 short message.
 """
@@ -23,6 +24,8 @@ from ecgcad import __version__
 from ecgcad.api import queries
 from ecgcad.api.auth import ADMIN, COOKIE_NAME, EVERYONE, OPERATORS, Principal, authenticate
 from ecgcad.api.deps import client_address, require_page
+from ecgcad.api.params import Cursor
+from ecgcad.api.security import CSRF_COOKIE, csrf_context, csrf_guard, new_login_csrf
 from ecgcad.api.v1 import outcome_of, rescore_action, resend_action
 from ecgcad.db import audit
 from ecgcad.db.models import SourceObject
@@ -31,8 +34,8 @@ from ecgcad.errors import EcgcadError
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(HERE / "templates"), context_processors=[csrf_context])
+router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
 
 SESSION_MAX_AGE_S = 12 * 3600
 
@@ -81,8 +84,21 @@ def _when(value: str | None) -> dt.datetime | None:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request) -> HTMLResponse:
-    """The login page (paste an API token)."""
-    return _page(request, "login.html", None, error=request.query_params.get("error"))
+    """The login page (paste an API token); sets the pre-session CSRF cookie its form is checked against."""
+    value = request.cookies.get(CSRF_COOKIE) or new_login_csrf()
+    request.state.login_csrf = value
+    response = _page(request, "login.html", None, error=request.query_params.get("error"))
+    if request.cookies.get(CSRF_COOKIE) != value:
+        response.set_cookie(
+            CSRF_COOKIE,
+            value,
+            max_age=SESSION_MAX_AGE_S,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+    return response
 
 
 @router.post("/login")
@@ -151,7 +167,7 @@ def results(
     state: str | None = None,
     since: str | None = None,
     until: str | None = None,
-    cursor: int | None = None,
+    cursor: Cursor = None,
     principal: Principal = Depends(require_page(EVERYONE)),
 ) -> HTMLResponse:
     """Results list with filters."""
@@ -273,7 +289,7 @@ def deliveries(
     request: Request,
     state: str | None = None,
     destination: str | None = None,
-    cursor: int | None = None,
+    cursor: Cursor = None,
     principal: Principal = Depends(require_page(OPERATORS)),
 ) -> HTMLResponse:
     """Deliveries with state / destination filters and a resend button."""

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ecgcad.api.auth import Principal
+from ecgcad.api.params import fits_int64
 from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, utcnow
 from ecgcad.vessels import VESSELS
@@ -247,8 +248,8 @@ def list_ecgs(
 
 
 def get_ecg(session: Session, ecg_id: int) -> EcgRecord | None:
-    """The ECG row or None."""
-    return session.get(EcgRecord, ecg_id)
+    """The ECG row or None (also for an id no row can have, beyond 64 bits)."""
+    return session.get(EcgRecord, ecg_id) if fits_int64(ecg_id) else None
 
 
 def ecg_detail(session: Session, ecg: EcgRecord, *, audit_limit: int = 500) -> dict[str, Any]:
@@ -315,7 +316,9 @@ def list_deliveries(
 
 
 def get_delivery(session: Session, delivery_id: int) -> tuple[Delivery, EcgRecord] | None:
-    """A delivery and its ECG, or None."""
+    """A delivery and its ECG, or None (also for an id no row can have, beyond 64 bits)."""
+    if not fits_int64(delivery_id):
+        return None
     row = session.execute(
         select(Delivery, EcgRecord)
         .join(Result, Result.id == Delivery.result_id)

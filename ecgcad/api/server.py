@@ -36,7 +36,11 @@ class ApiServer:
         """Bind and serve in a thread; returns once the server accepts."""
         api = self.ctx.settings.api
         self._sock = socket.create_server((api.host, api.port), reuse_port=False)
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        # proxy_headers off: uvicorn would believe X-Forwarded-For from any local peer. The app trusts only
+        # [api] trusted_proxies (ecgcad.api.app).
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, name="ecgcad-api", daemon=True

@@ -18,12 +18,15 @@ from fastapi.responses import JSONResponse, Response
 from ecgcad.api import actions, queries
 from ecgcad.api.auth import ADMIN, EVERYONE, OPERATORS, Principal
 from ecgcad.api.deps import require
+from ecgcad.api.params import Cursor, fits_int64
+from ecgcad.api.security import csrf_guard
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, DeliveryError, EcgcadError, QueueError
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/v1")
+# A call authenticated by the dashboard's cookie instead of a bearer header must pass the CSRF checks.
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(csrf_guard)])
 
 Vessel = Literal["rca", "lm", "lad", "lcx"]
 
@@ -83,7 +86,7 @@ def list_ecgs(
     until: dt.datetime | None = Query(None, description="Received before (ISO 8601; naive = UTC)."),
     state: str | None = Query(None, description="received | queued | scored | not_evaluated | failed."),
     limit: int = Query(50, ge=1, le=queries.MAX_PAGE, description="Page size."),
-    cursor: int | None = Query(None, description="From the previous page's `next`."),
+    cursor: Cursor = None,
     principal: Principal = Depends(require(EVERYONE)),
 ) -> dict[str, Any]:
     """ECGs with identifiers, state, current result (probabilities, flags, model version) and deliveries.
@@ -258,7 +261,7 @@ def list_deliveries(
     state: str | None = Query(None, description="pending | sending | sent | retrying | failed."),
     destination: str | None = Query(None, description="Destination name from the settings."),
     limit: int = Query(100, ge=1, le=queries.MAX_PAGE),
-    cursor: int | None = Query(None),
+    cursor: Cursor = None,
     principal: Principal = Depends(require(OPERATORS)),
 ) -> dict[str, Any]:
     """Deliveries, newest first, with their ECG, Patient ID and Accession Number."""
@@ -313,7 +316,7 @@ def retry_job(
 ) -> JSONResponse:
     """Queue a failed (dead-letter) job again."""
     ctx = _ctx(request)
-    job = ctx.queue.get(job_id)
+    job = ctx.queue.get(job_id) if fits_int64(job_id) else None
     body: dict[str, Any]
     if job is None:
         status, body = 404, {"detail": f"no job {job_id}"}
@@ -370,7 +373,7 @@ def audit_log(
     until: dt.datetime | None = Query(None, description="Before (ISO 8601; naive = UTC)."),
     format: Literal["json", "csv"] = Query("json", description="json or csv."),
     limit: int = Query(1000, ge=1, le=10000),
-    cursor: int | None = Query(None),
+    cursor: Cursor = None,
     principal: Principal = Depends(require(ADMIN)),
 ) -> Response:
     """Query the audit trail (admin only). Reading it records a DICOM 110101 "Audit Log Used" event."""

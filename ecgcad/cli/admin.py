@@ -1,6 +1,8 @@
 """``ecgcad token …`` and ``ecgcad audit …`` commands (registered by :mod:`ecgcad.cli`).
 
-Exit codes: 0 success, 1 ``audit verify`` found a broken chain, 2 bad input (one line on stderr).
+Exit codes: 0 success, 1 ``audit verify`` found a broken chain (or one that no longer matches its last
+checkpoint, or no valid checkpoint) or ``audit checkpoint`` refused to write one, 2 bad input (one line on
+stderr).
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ import json
 
 import typer
 
-from ecgcad.cli._common import ConfigOption, acting_user, fail, open_database
+from ecgcad.cli._common import ConfigOption, acting_user, fail, open_database, settings_or_fail
 from ecgcad.errors import EcgcadError
 
 token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
-audit_app = typer.Typer(help="The audit trail: query, export, verify.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail: query, export, verify, checkpoint.", no_args_is_help=True)
 
 
 def _when(value: str | None, option: str) -> dt.datetime | None:
@@ -142,23 +144,49 @@ def audit_query(
 
 @audit_app.command("verify")
 def audit_verify(config: ConfigOption = None) -> None:
-    """Check the audit hash chain; exit 1 and name the first broken link if it is broken."""
-    from ecgcad.db.audit import verify_session
+    """Check the audit chain with its key and against its last signed checkpoint.
 
+    Exit 1 and say why when a row was changed, inserted or removed, events before the checkpoint are
+    missing (truncation), the chain was recomputed, or the checkpoint is missing or not signed with the key.
+    """
+    from ecgcad.db.audit_checkpoint import verify_database
+
+    settings = settings_or_fail(config)
     db = open_database(config)
     try:
-        with db.session() as s:
-            report = verify_session(s)
+        report, checkpoint = verify_database(db, settings.audit_checkpoint_file)
     finally:
         db.dispose()
     if report.ok:
-        typer.echo(f"audit chain intact: {report.checked} events")
+        covered = f"; checkpoint of {checkpoint.written_at}: {checkpoint.count} events" if checkpoint else ""
+        typer.echo(f"audit chain intact: {report.checked} events{covered}")
         return
-    typer.echo(
-        f"audit chain BROKEN at event {report.first_broken_id} ({report.checked} checked): {report.reason}",
-        err=True,
-    )
+    where = f" at event {report.first_broken_id}" if report.first_broken_id is not None else ""
+    typer.echo(f"audit chain BROKEN{where} ({report.checked} checked): {report.reason}", err=True)
     raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(config: ConfigOption = None) -> None:
+    """Verify the chain since the last checkpoint and write a new signed checkpoint (count + head).
+
+    Exit 1, writing nothing, when the chain no longer matches the last checkpoint.
+    """
+    from ecgcad.db.audit_checkpoint import take_checkpoint
+
+    settings = settings_or_fail(config)
+    db = open_database(config)
+    try:
+        checkpoint = take_checkpoint(db, settings.audit_checkpoint_file)
+    except EcgcadError as exc:
+        typer.echo(f"no audit checkpoint written: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    typer.echo(
+        f"audit checkpoint written to {settings.audit_checkpoint_file}: {checkpoint.count} events, "
+        f"head {checkpoint.head[:16]}… (id {checkpoint.last_id})"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from ecgcad import __version__
 from ecgcad.cli._common import ConfigOption, fail, settings_or_fail
+from ecgcad.config import Settings
 from ecgcad.errors import EcgcadError
 
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
@@ -28,13 +29,20 @@ def config_show(config: ConfigOption = None) -> None:
 def migrate(
     config: ConfigOption = None, revision: str = typer.Option("head", help="Target revision.")
 ) -> None:
-    """Upgrade the database schema to ``revision`` (default: head)."""
+    """Upgrade the database schema to ``revision`` (default: head), then write an audit checkpoint.
+
+    The data folder is made private first (umask 0077, folder 0700). The checkpoint is written only when the
+    audit chain still matches the previous one; otherwise the problem is printed (the migration stands) and
+    ``ecgcad audit verify`` tells more.
+    """
+    from ecgcad.db.datadir import prepare_data_dir
     from ecgcad.db.migrate import upgrade
     from ecgcad.logsetup import configure_logging
 
     settings = settings_or_fail(config)
     configure_logging(settings.log_level)
     try:
+        prepare_data_dir(settings.data_dir)
         upgrade(settings, revision)
         if not settings.is_embedded and settings.queue.engine in ("auto", "procrastinate"):
             from ecgcad.db.session import make_engine
@@ -49,6 +57,26 @@ def migrate(
     except EcgcadError as exc:
         fail(str(exc))
     typer.echo(f"database at {revision}")
+    if revision == "head":
+        _checkpoint_after_migrate(settings)
+
+
+def _checkpoint_after_migrate(settings: Settings) -> None:
+    from ecgcad.db.audit_checkpoint import take_checkpoint
+    from ecgcad.db.session import Database
+
+    try:
+        db = Database.from_settings(settings)
+    except EcgcadError as exc:
+        fail(str(exc))
+    try:
+        checkpoint = take_checkpoint(db, settings.audit_checkpoint_file)
+    except EcgcadError as exc:
+        typer.echo(f"no audit checkpoint written: {exc}", err=True)
+        return
+    finally:
+        db.dispose()
+    typer.echo(f"audit checkpoint: {checkpoint.count} events")
 
 
 def serve(

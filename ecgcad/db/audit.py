@@ -1,8 +1,14 @@
 """The audit trail: append-only, hash-chained events shaped after the DICOM / IHE ATNA audit message.
 
-Each event's ``hash`` is SHA-256 over the previous event's hash and a canonical JSON of the event's fields,
-so that changing, inserting or removing a row breaks the chain from that row on; :func:`verify_chain`
-finds the first broken link. The table also refuses UPDATE and DELETE with a trigger (see migration 0001).
+Each event's ``hash`` is an HMAC-SHA-256, keyed with a secret kept outside the database
+(:mod:`ecgcad.db.audit_key`, named by the event's ``key_id``), over the previous event's hash and a
+canonical JSON of the event's fields, so that changing, inserting or removing a row breaks the chain from
+that row on, and whoever can write the table but lacks the key cannot recompute it; :func:`verify_chain`
+finds the first broken link. Events written before keys existed (``key_id`` NULL) carry an unkeyed SHA-256
+and still verify, but only before the first keyed event: an unkeyed event after a keyed one is a downgrade.
+The chain cannot show that its last events were removed: signed checkpoints (event count and head hash,
+:mod:`ecgcad.db.audit_checkpoint`), kept outside the table, can. The table also refuses UPDATE and DELETE
+with a trigger (see migration 0001).
 
 Event IDs are the DICOM codes (PS3.15 / DCM): see :data:`EVENT_CODES`.
 """
@@ -14,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import insert, select, text
@@ -22,7 +28,11 @@ from sqlalchemy.orm import Session
 
 from ecgcad.db.models import AuditEvent, utcnow
 from ecgcad.db.prepared import DirectInsert, Prepared, bound_to
-from ecgcad.db.session import DirectTransaction
+from ecgcad.db.session import AUDIT_KEY_INFO, DirectTransaction
+
+if TYPE_CHECKING:
+    from ecgcad.db.audit_checkpoint import Checkpoint
+    from ecgcad.db.audit_key import AuditKey
 
 GENESIS = "0" * 64
 
@@ -96,9 +106,27 @@ def _canonical(event: AuditEvent | dict[str, Any]) -> bytes:
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
-def event_hash(prev_hash: str, event: AuditEvent | dict[str, Any]) -> str:
-    """The chained hash of ``event`` after ``prev_hash``."""
-    return hashlib.sha256(prev_hash.encode() + _canonical(event)).hexdigest()
+def event_hash(prev_hash: str, event: AuditEvent | dict[str, Any], key: AuditKey | None = None) -> str:
+    """The chained hash of ``event`` after ``prev_hash``: HMAC-SHA-256 with ``key``, else SHA-256.
+
+    Parameters
+    ----------
+    prev_hash:
+        The previous event's hash (:data:`GENESIS` for the first).
+    event:
+        The event, or its values.
+    key:
+        The chain's key; ``None`` for the unkeyed hash of events written before keys existed.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    message = prev_hash.encode() + _canonical(event)
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return key.mac(message)
 
 
 def record(
@@ -137,6 +165,7 @@ def record(
         object received).
     """
     code, action = EVENT_CODES.get(event_type, ("110100", "E"))
+    key: AuditKey | None = session.info.get(AUDIT_KEY_INFO)
     # Prepared statements on the session's connection: the same transaction, without the unit of work (an
     # audit row is written with every object received, so this is on the listeners' hot path).
     # The chain's tail: read once per transaction under the chain's lock, then carried in ``session.info``
@@ -166,8 +195,9 @@ def record(
         "query": query,
         "detail": detail,
         "prev_hash": prev or GENESIS,
+        "key_id": None if key is None else key.key_id,
     }
-    values["hash"] = event_hash(values["prev_hash"], values)
+    values["hash"] = event_hash(values["prev_hash"], values, key)
     if isinstance(session, DirectTransaction):
         event_id = int(_DIRECT_INSERT.execute(session, *[values[name] for name in _DIRECT_INSERT.columns]))
     else:
@@ -190,43 +220,133 @@ _LAST_HASH = Prepared(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).lim
 _INSERT = Prepared(insert(AuditEvent).returning(AuditEvent.id))
 _DIRECT_INSERT = DirectInsert(
     AuditEvent.__table__,  # type: ignore[arg-type]
-    (*_HASHED_FIELDS, "prev_hash", "hash"),
+    (*_HASHED_FIELDS, "prev_hash", "hash", "key_id"),
     returning="id",
 )
 
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
-    """Outcome of :func:`verify_chain`."""
+    """Outcome of :func:`verify_chain`.
+
+    ``checked`` counts the events read; ``head`` and ``last_id`` are the last good event's hash and id
+    (:data:`GENESIS` and 0 for an empty chain); ``first_broken_id`` is ``None`` when the fault is not one
+    row (events missing at the end, a missing or invalid checkpoint).
+    """
 
     ok: bool
     checked: int
     first_broken_id: int | None = None
     reason: str | None = None
+    head: str = GENESIS
+    last_id: int = 0
+    #: The chain holds keyed events (then every later event must be keyed).
+    keyed: bool = False
 
 
-def verify_chain(events: Iterable[AuditEvent]) -> ChainReport:
-    """Check the hash chain over events in id order; report the first broken link."""
-    prev = GENESIS
-    n = 0
+def verify_chain(
+    events: Iterable[AuditEvent],
+    key: AuditKey | None = None,
+    *,
+    checkpoint: Checkpoint | None = None,
+    after: Checkpoint | None = None,
+) -> ChainReport:
+    """Check the hash chain over events in id order; report the first broken link.
+
+    Parameters
+    ----------
+    events:
+        The events in id order: all of them, or (with ``after``) those after ``after.last_id``.
+    key:
+        The chain's key: keyed events must name it (``None``: only unkeyed events verify).
+    checkpoint:
+        A checkpoint already checked for its signature (:meth:`Checkpoint.verify_signature`): the chain
+        must reach its count, and its event number ``count`` must be its ``last_id`` with its ``head``.
+    after:
+        Continue a chain verified up to this checkpoint (its head is the first event's ``prev_hash``).
+
+    Returns
+    -------
+    ChainReport
+        The first fault found, or ``ok``.
+    """
+    prev = GENESIS if after is None else after.head
+    n = 0 if after is None else after.count
+    keyed = after is not None and after.keyed
+    last_id = 0 if after is None else after.last_id
+    want = checkpoint.count if checkpoint is not None and checkpoint.count > n else None
     for event in events:
         n += 1
         if event.prev_hash != prev:
-            return ChainReport(
-                False, n, event.id, "prev_hash does not match the previous event (row removed or inserted)"
+            return _broken(n, event, "prev_hash does not match the previous event (row removed or inserted)")
+        if event.key_id is None:
+            if keyed:
+                return _broken(n, event, "an unkeyed event after keyed ones (row rewritten without the key)")
+            expected = event_hash(prev, event)
+        elif key is None or event.key_id != key.key_id:
+            configured = "no key is configured" if key is None else f"the configured key is {key.key_id}"
+            return _broken(n, event, f"hashed with audit key {event.key_id}, but {configured}")
+        else:
+            keyed = True
+            expected = key.mac(prev.encode() + _canonical(event))
+        if expected != event.hash:
+            return _broken(n, event, "content does not match its hash (row changed)")
+        prev, last_id = event.hash, event.id
+        if (
+            n == want
+            and checkpoint is not None
+            and (event.id, event.hash) != (checkpoint.last_id, checkpoint.head)
+        ):
+            return _broken(
+                n,
+                event,
+                f"event {n} is not the head of the checkpoint of {checkpoint.written_at} "
+                f"(id {checkpoint.last_id}): events before it were removed, inserted or rewritten",
             )
-        if event_hash(prev, event) != event.hash:
-            return ChainReport(False, n, event.id, "content does not match its hash (row changed)")
-        prev = event.hash
-    return ChainReport(True, n)
+    if want is not None and checkpoint is not None and n < want:
+        return ChainReport(
+            False,
+            n,
+            None,
+            f"{n} events, but the checkpoint of {checkpoint.written_at} counts {checkpoint.count} "
+            f"(up to id {checkpoint.last_id}): events removed from the end",
+            prev,
+            last_id,
+            keyed,
+        )
+    return ChainReport(True, n, head=prev, last_id=last_id, keyed=keyed)
 
 
-def verify_session(session: Session, batch: int = 5000) -> ChainReport:
-    """Verify the whole chain stored in the database."""
+def _broken(n: int, event: AuditEvent, reason: str) -> ChainReport:
+    return ChainReport(False, n, event.id, reason)
+
+
+def verify_session(
+    session: Session,
+    batch: int = 5000,
+    *,
+    checkpoint: Checkpoint | None = None,
+    after: Checkpoint | None = None,
+) -> ChainReport:
+    """Verify the chain stored in the database with the session's audit key (see :func:`verify_chain`).
+
+    Parameters
+    ----------
+    session:
+        A session of a :class:`~ecgcad.db.session.Database` (its key is in ``session.info``).
+    batch:
+        Events read per round trip.
+    checkpoint, after:
+        As :func:`verify_chain` (with ``after``, only the events after ``after.last_id`` are read).
+    """
+    stmt = select(AuditEvent)
+    if after is not None:
+        stmt = stmt.where(AuditEvent.id > after.last_id)
     return verify_chain(
-        session.execute(
-            select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=batch)
-        ).scalars()
+        session.execute(stmt.order_by(AuditEvent.id).execution_options(yield_per=batch)).scalars(),
+        session.info.get(AUDIT_KEY_INFO),
+        checkpoint=checkpoint,
+        after=after,
     )
 
 

@@ -5,6 +5,10 @@ Each audit event becomes one syslog message with MSGID ``IHE+RFC-3881`` whose bo
 marker kept in ``kv_state`` (``audit.syslog``); the marker moves only after the events were written and the
 connection closed cleanly, so a repository that is down gets them later, in order. (Syslog has no
 application-level acknowledgement: what the repository does after TCP/TLS accepted the bytes is its own.)
+
+The audit chain's signed checkpoints (:mod:`ecgcad.db.audit_checkpoint`) go the same way, each as one
+message with MSGID ``ECGCAD-AUDIT-CHECKPOINT`` whose body is the checkpoint's JSON, after the events it
+covers: the repository then holds a copy of the chain's length and head that no one on this host can change.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 MARKER_KEY = "audit.syslog"
 MSGID = "IHE+RFC-3881"
+CHECKPOINT_MSGID = "ECGCAD-AUDIT-CHECKPOINT"
 #: Facility 10 (security/authorization), severity 5 (notice) — the usual choice for ATNA.
 PRIORITY = 10 * 8 + 5
 
@@ -98,6 +103,15 @@ def syslog_frame(event: AuditEvent, *, app_name: str, hostname: str | None = Non
     return str(len(msg)).encode() + b" " + msg
 
 
+def checkpoint_frame(checkpoint: Any, *, app_name: str, hostname: str | None = None) -> bytes:
+    """One RFC 5424 message carrying an audit checkpoint (its JSON), framed as :func:`syslog_frame`."""
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    host = (hostname or socket.gethostname() or "-")[:255]
+    body = checkpoint.to_json()
+    msg = f"<{PRIORITY}>1 {when} {host} {app_name[:48]} - {CHECKPOINT_MSGID} - \ufeff{body}".encode()
+    return str(len(msg)).encode() + b" " + msg
+
+
 class AuditSyslogForwarder:
     """A start/stop component that forwards new audit events to the configured repository."""
 
@@ -108,6 +122,9 @@ class AuditSyslogForwarder:
         self._thread: threading.Thread | None = None
         self.forwarded = 0
         self.last_error: str | None = None
+        self._checkpoint: Any = None
+        self._checkpoint_lock = threading.Lock()
+        self.checkpoints_sent = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -168,11 +185,40 @@ class AuditSyslogForwarder:
         self.forwarded += len(frames)
         return len(frames)
 
+    def offer_checkpoint(self, checkpoint: Any) -> None:
+        """Send ``checkpoint`` (an ``audit_checkpoint.Checkpoint``) once the events it covers are sent.
+
+        Only the newest offered checkpoint is kept: it covers every older one.
+        """
+        with self._checkpoint_lock:
+            self._checkpoint = checkpoint
+
+    def send_checkpoint(self) -> bool:
+        """Send the offered checkpoint if every event it covers was forwarded; True when one was sent."""
+        with self._checkpoint_lock:
+            checkpoint = self._checkpoint
+        if checkpoint is None:
+            return False
+        with self.ctx.db.read_session() as session:
+            marker = session.get(KvState, MARKER_KEY)
+            after = int(marker.value.get("last_id", 0)) if marker else 0
+        if after < checkpoint.last_id:
+            return False
+        frame = checkpoint_frame(checkpoint, app_name=self.settings.app_name)
+        with self._connect() as sock:
+            sock.sendall(frame)
+        with self._checkpoint_lock:
+            if self._checkpoint is checkpoint:
+                self._checkpoint = None
+        self.checkpoints_sent += 1
+        return True
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 while self.forward_once():
                     pass
+                self.send_checkpoint()
                 self.last_error = None
             except (OSError, ssl.SSLError) as exc:
                 if self.last_error != str(exc):

@@ -53,9 +53,15 @@ def head_revision() -> str | None:
 
 
 def ensure_schema(settings: Settings) -> None:
-    """Embedded mode migrates on start; on PostgreSQL the schema must already be at head (``ecgcad migrate``)."""
+    """Embedded mode migrates on start; on PostgreSQL the schema must already be at head (``ecgcad migrate``).
+
+    First the data folder is made private (umask ``0077``, the folder ``0700``; wider existing modes are
+    warned about: :func:`ecgcad.db.datadir.prepare_data_dir`), before the database file is created in it.
+    """
+    from ecgcad.db.datadir import prepare_data_dir
     from ecgcad.db.session import make_engine
 
+    prepare_data_dir(settings.data_dir, extra=_outside_data_dir(settings))
     if settings.is_embedded:
         upgrade(settings)
         return
@@ -70,3 +76,9 @@ def ensure_schema(settings: Settings) -> None:
         raise StorageError(
             f"database schema is at {current}, expected {head_revision()}: run `ecgcad migrate`"
         )
+
+
+def _outside_data_dir(settings: Settings) -> tuple[Path, ...]:
+    """The audit key and checkpoint files when configured outside the data folder."""
+    paths = (settings.audit_key_file, settings.audit_checkpoint_file)
+    return tuple(p for p in paths if p.parent.resolve() != settings.data_dir.resolve())

@@ -361,6 +361,8 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    #: The HMAC key that made ``hash`` (``ecgcad.db.audit_key``); NULL: an unkeyed SHA-256 (before 0004).
+    key_id: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         _partial_index("audit_events", "user"),

@@ -4,6 +4,11 @@ SQLite follows SQLAlchemy's documented recipe for Python's sqlite3 driver: the d
 handling is switched off and every transaction starts with ``BEGIN IMMEDIATE``, so that writers serialise on
 the database lock at BEGIN rather than failing later with "database is locked". The database runs in WAL
 mode with ``foreign_keys`` on and a ``busy_timeout``.
+
+A thread holds at most one write session (:meth:`Database.session` or :meth:`Database.direct_transaction`)
+of a database at a time: a nested one is refused at once with :class:`~ecgcad.errors.NestedWriteError`.
+On SQLite it would wait out the busy timeout for the lock its own thread holds, stalling every other
+writer of the process meanwhile; on PostgreSQL it could wait forever on a row the outer one has locked.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
-from ecgcad.errors import StorageError
+from ecgcad.errors import NestedWriteError, StorageError
 
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: ``Session.info`` / ``DirectTransaction.info`` key of the database's audit key (``ecgcad.db.audit_key``).
+AUDIT_KEY_INFO = "ecgcad_audit_key"
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
@@ -84,19 +91,33 @@ class Database:
     ----------
     url:
         SQLAlchemy URL (``sqlite:///…`` or ``postgresql+psycopg://…``).
+    audit_key:
+        The audit chain's HMAC key (:class:`ecgcad.db.audit_key.AuditKey`), handed to every session and
+        direct transaction in ``info``; ``None`` writes unkeyed (SHA-256) events, as before keys existed —
+        the service always has one (:meth:`from_settings`).
     """
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, audit_key: Any = None, **engine_kwargs: Any) -> None:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
-        self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._info: dict[str, Any] = {AUDIT_KEY_INFO: audit_key} if audit_key is not None else {}
+        self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False, info=self._info or None)
         self._write_lock: Any = (
             threading.RLock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._kept: PoolProxiedConnection | None = None
+        # Which threads hold a write session of this database (``active`` is set while one does).
+        self._writer = threading.local()
         self._read_sessionmaker = sessionmaker(
-            self.engine.execution_options(ecgcad_readonly=True), expire_on_commit=False
+            self.engine.execution_options(ecgcad_readonly=True),
+            expire_on_commit=False,
+            info=self._info or None,
         )
+
+    @property
+    def audit_key(self) -> Any:
+        """The audit chain's key (``None``: unkeyed events)."""
+        return self._info.get(AUDIT_KEY_INFO)
 
     @property
     def dialect(self) -> str:
@@ -105,8 +126,16 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:
-        """Build from :class:`ecgcad.config.Settings`."""
-        return cls(settings.effective_database_url)
+        """Build from :class:`ecgcad.config.Settings`, with the audit key of its ``[audit]`` settings.
+
+        Raises
+        ------
+        ConfigurationError
+            The audit key is unusable (``ecgcad.db.audit_key.load_key``).
+        """
+        from ecgcad.db.audit_key import load_key
+
+        return cls(settings.effective_database_url, audit_key=load_key(settings))
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -115,19 +144,37 @@ class Database:
         On SQLite, writers of this process queue on an in-process lock before ``BEGIN IMMEDIATE``: SQLite's
         own busy handler makes a waiting connection sleep in growing steps (up to 100 ms), which costs far
         more than the wait itself when several threads write at once.
-        """
-        with self._write_lock, self._sessionmaker() as session:
-            try:
-                with session.begin():
-                    yield session
-            except StorageError:
-                raise
-            except Exception as exc:
-                from sqlalchemy.exc import OperationalError
 
-                if isinstance(exc, OperationalError):
-                    raise StorageError(f"database error: {exc.orig}") from exc
-                raise
+        Raises
+        ------
+        NestedWriteError
+            This thread already holds a write session of this database (raised at once, before waiting
+            for any lock; write in the outer session, or after it has ended).
+        StorageError
+            The database cannot begin or commit (locked past the busy timeout, disk full, I/O error).
+        """
+        self._enter_writer()
+        try:
+            with self._write_lock, self._sessionmaker() as session:
+                try:
+                    with session.begin():
+                        yield session
+                except StorageError:
+                    raise
+                except Exception as exc:
+                    from sqlalchemy.exc import OperationalError
+
+                    if isinstance(exc, OperationalError):
+                        raise StorageError(f"database error: {exc.orig}") from exc
+                    raise
+        finally:
+            self._writer.active = False
+
+    def _enter_writer(self) -> None:
+        """Mark this thread as holding a write session; refuse a nested one."""
+        if getattr(self._writer, "active", False):
+            raise NestedWriteError()
+        self._writer.active = True
 
     @contextlib.contextmanager
     def read_session(self) -> Iterator[Session]:
@@ -155,6 +202,8 @@ class Database:
 
         Raises
         ------
+        NestedWriteError
+            This thread already holds a write session of this database (raised at once).
         StorageError
             The database cannot begin or commit (locked past the busy timeout, disk full, I/O error).
             An exception in the ``with`` block rolls back and propagates as it is.
@@ -165,28 +214,32 @@ class Database:
             raise NotImplementedError("direct transactions are for SQLite")
         import sqlite3
 
-        with self._write_lock:
-            if self._kept is None:
+        self._enter_writer()
+        try:
+            with self._write_lock:
+                if self._kept is None:
+                    try:
+                        self._kept = self.engine.raw_connection()
+                    except DBAPIError as exc:
+                        raise StorageError(f"database error: {exc.orig}") from exc
+                driver: Any = self._kept.driver_connection
                 try:
-                    self._kept = self.engine.raw_connection()
-                except DBAPIError as exc:
-                    raise StorageError(f"database error: {exc.orig}") from exc
-            driver: Any = self._kept.driver_connection
-            try:
-                driver.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                self._drop_kept()
-                raise StorageError(f"database error: {exc}") from exc
-            try:
-                yield DirectTransaction(self.engine.dialect, driver)
-            except BaseException:
-                self._rollback_kept(driver)
-                raise
-            try:
-                driver.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback_kept(driver)
-                raise StorageError(f"database error: {exc}") from exc
+                    driver.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    self._drop_kept()
+                    raise StorageError(f"database error: {exc}") from exc
+                try:
+                    yield DirectTransaction(self.engine.dialect, driver, dict(self._info))
+                except BaseException:
+                    self._rollback_kept(driver)
+                    raise
+                try:
+                    driver.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._rollback_kept(driver)
+                    raise StorageError(f"database error: {exc}") from exc
+        finally:
+            self._writer.active = False
 
     def _rollback_kept(self, driver: Any) -> None:
         import sqlite3

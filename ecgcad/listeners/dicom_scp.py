@@ -12,6 +12,8 @@ cause                                        status
 stored (or an identical duplicate)           ``0x0000`` Success
 :class:`~ecgcad.errors.StorageError`,        ``0xA700`` Refused: Out of Resources (the sender retries)
 :class:`~ecgcad.errors.BackPressureError`
+data set over ``dicom.max_object_mb`` or     ``0xA700`` Refused: Out of Resources (not stored)
+over the readers' decode limit
 dataset that cannot be parsed at all         ``0xC210`` Error: Cannot understand (unable to decode)
 anything unexpected                          ``0x0110`` Processing failure (logged with traceback)
 ===========================================  =========================================================
@@ -19,6 +21,12 @@ anything unexpected                          ``0x0110`` Processing failure (logg
 Only the ECG storage SOP classes of ``STANDARDS.md`` and Verification are offered; any other abstract syntax
 is refused in association negotiation (and audited). Calling AE titles and peer addresses are checked against
 allow-lists; refused associations are audited.
+
+Objects are size-limited while they arrive: once a C-STORE data set passes ``dicom.max_object_mb`` the
+association keeps reading its remaining fragments but keeps none of them, and the request is answered
+``0xA700`` when it is complete; a PDU longer than we negotiated closes the connection before it is read
+(:mod:`ecgcad.listeners.dicom_limits`). An association holds at most the limit plus one PDU of an object,
+however large the object. An object over the readers' decode limit is refused the same way, never stored.
 """
 
 from __future__ import annotations
@@ -47,9 +55,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, DecodeError, StorageError
+from ecgcad.integration.formats import readers
 from ecgcad.integration.formats.ecg import Ecg
 from ecgcad.integration.reports.dicom_encode import part10_file
 from ecgcad.listeners.allowlist import AddressAllowList
+from ecgcad.listeners.dicom_limits import DiscardedDataSet, limit_data_sets, limit_pdu_length
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
 
@@ -82,6 +92,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0x0110
+
+MIB = 1024 * 1024
 
 Decoder = Callable[..., Any]
 
@@ -144,6 +156,8 @@ class DicomScp:
         self._thread: threading.Thread | None = None
         self._ae: AE | None = None
         self.stored = 0
+        #: Largest data set accepted, bytes (``dicom.max_object_mb``).
+        self.max_object_bytes = self.settings.max_object_mb * MIB
         self._last_pdu: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -250,6 +264,10 @@ class DicomScp:
     def _on_connection(self, event: Any) -> None:
         self._on_progress(event)
         _wait_for_dimse_messages(event.assoc)
+        limit_data_sets(event.assoc, self.max_object_bytes)
+        # A peer may ignore the maximum PDU length we negotiate; one PDU is read whole, so it is capped too.
+        max_pdu = self.settings.max_pdu
+        limit_pdu_length(event.assoc, max(max_pdu, MIB) if max_pdu else self.max_object_bytes + MIB)
 
     def _watchdog(self, server: _Server) -> None:
         """Cut connections that send no complete PDU in time (pynetdicom blocks in ``recv`` until a PDU is
@@ -358,13 +376,20 @@ class DicomScp:
         assoc = event.assoc
         calling_ae = assoc.requestor.ae_title.strip()[:16]
         peer = assoc.requestor.address
+        data_set = cast(io.BytesIO, request.DataSet)
+        size = data_set.received if isinstance(data_set, DiscardedDataSet) else data_set.seek(0, io.SEEK_END)
+        if size > self.max_object_bytes:
+            return self._refuse_too_large(event, sop_instance_uid, size, self.max_object_bytes)
         data = part10_file(
-            cast(io.BytesIO, request.DataSet).getvalue(),
+            data_set.getvalue(),
             sop_class_uid=sop_class_uid or "",
             sop_instance_uid=sop_instance_uid or "",
             transfer_syntax_uid=str(event.context.transfer_syntax),
             source_ae=calling_ae,
         )
+        if len(data) > readers.MAX_INPUT_BYTES:
+            # Never store and acknowledge what the readers refuse to decode for its size.
+            return self._refuse_too_large(event, sop_instance_uid, len(data), readers.MAX_INPUT_BYTES)
         ecg, decode_error = self._decode(data, sop_instance_uid)
         if ecg is None and decode_error is None:
             logger.warning("unreadable dataset uid#%s from %s", uid_hash(sop_instance_uid), calling_ae)
@@ -387,6 +412,21 @@ class DicomScp:
             return _status(STATUS_OUT_OF_RESOURCES, "storage unavailable, retry later")
         self.stored += 0 if result.duplicate else 1
         return STATUS_SUCCESS
+
+    def _refuse_too_large(self, event: Any, sop_instance_uid: str | None, size: int, limit: int) -> Dataset:
+        assoc = event.assoc
+        calling_ae = assoc.requestor.ae_title.strip()[:16]
+        logger.warning(
+            "refused uid#%s from %s: %d bytes, over %d", uid_hash(sop_instance_uid), calling_ae, size, limit
+        )
+        self._audit(
+            "dicom.rejected",
+            outcome=4,
+            ae_title=calling_ae,
+            address=assoc.requestor.address,
+            detail={"reason": "object too large", "bytes": size, "limit": limit},
+        )
+        return _status(STATUS_OUT_OF_RESOURCES, f"object larger than {limit} bytes")
 
 
 #: How long the association's reactor waits on its DIMSE queue per turn (see :func:`_wait_for_dimse_messages`).

@@ -119,9 +119,11 @@ def report_pdf(ctx: Any, ecg_id: int) -> bytes:
     LookupError
         No such ECG, or it has no result yet.
     """
-    from ecgcad.pipeline.reports import report_pdf_for_result
+    from ecgcad.pipeline.reports import report_pdf_for_result, report_read_session
 
-    with ctx.db.session() as session:
+    # A read session: building the PDF (explanations included) can take seconds, and must not hold the
+    # write lock that every C-STORE and HL7 message of the service waits for.
+    with report_read_session(ctx) as session:
         result = (
             session.execute(
                 select(Result)
@@ -133,7 +135,8 @@ def report_pdf(ctx: Any, ecg_id: int) -> bytes:
         )
         if result is None:
             raise LookupError(f"ECG {ecg_id} has no result")
-        return report_pdf_for_result(ctx, session, result)
+        pdf = report_pdf_for_result(ctx, session, result)
+    return pdf
 
 
 def _now_token() -> str:

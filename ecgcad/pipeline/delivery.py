@@ -32,7 +32,7 @@ from ecgcad.errors import BuildError, DeliveryError, EcgcadError, PermanentDeliv
 from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, Sender, SendOutcome
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
-from ecgcad.pipeline.reports import build_report_input
+from ecgcad.pipeline.reports import build_report_input, report_read_session
 from ecgcad.vessels import VESSELS
 
 logger = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
     # Building (SR, PDF with explanations, ORU) can take seconds: it reads in a session that does not hold
     # the database's write lock, so the listeners keep committing meanwhile.
     try:
-        with ctx.db.read_session() as session:
+        with report_read_session(ctx) as session:
             delivery = session.get(Delivery, delivery_id)
             assert delivery is not None
             result = session.get(Result, delivery.result_id)

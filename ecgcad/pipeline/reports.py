@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from ecgcad.db.models import EcgRecord, Order, Result, SourceObject
 from ecgcad.db.objects import source_bytes
-from ecgcad.errors import DecodeError, EcgcadError
+from ecgcad.errors import DecodeError, EcgcadError, StorageError
 from ecgcad.integration.formats.ecg import EcgIdentifiers
 from ecgcad.integration.reports.content import PredecessorReference, StenosisReportInput, result_uids
 from ecgcad.vessels import VESSELS
@@ -19,6 +21,9 @@ from ecgcad.vessels import VESSELS
 logger = logging.getLogger(__name__)
 
 DICOM_SOURCE_KINDS = ("dicom", "file", "pacs")
+
+#: ``Session.info`` key: explanations computed in the session and not yet cached, by result id.
+_NEW_EXPLANATIONS = "ecgcad_new_explanations"
 
 #: Gate / decode reason codes → the coded reason of reports (DICOM CodeValue is SH: at most 16 characters).
 REPORT_REASON_CODES = {
@@ -76,7 +81,7 @@ def _explanations(
     """Top windows per vessel; computed once with the result's model and cached on the result row."""
     if not result.scorable:
         return None
-    expl = result.explanations
+    expl = result.explanations or session.info.get(_NEW_EXPLANATIONS, {}).get(result.id)
     if not expl:
         try:
             predictor = ctx.get_predictor()
@@ -88,21 +93,53 @@ def _explanations(
         except EcgcadError as exc:
             logger.warning("explanations unavailable for result %s: %s", result.id, exc)
             return None
-        # Cached on the result in a short write of its own: the caller's session may be read-only.
-        from sqlalchemy import update
-
-        with ctx.db.session() as write:
-            write.execute(update(Result).where(Result.id == result.id).values(explanations=expl))
+        # Not written here: the caller's session may be a write session (a nested one is refused, and
+        # would hold every other writer) or a read transaction. ``report_read_session`` caches it after.
+        session.info.setdefault(_NEW_EXPLANATIONS, {})[result.id] = expl
     return {
         v: [{k: w[k] for k in ("lead", "start", "end")} for w in expl["vessels"][v]["top_windows"]]
         for v in VESSELS
     }
 
 
+@contextlib.contextmanager
+def report_read_session(ctx: Any) -> Iterator[Session]:
+    """A session to build reports in: read-only, so it holds no write lock while a report is built.
+
+    Explanations that :func:`build_report_input` computes in it are cached on their result rows after
+    the read transaction has ended, in one short write outside any other transaction. Failing to cache
+    them costs only their recomputation next time: it is logged, not raised.
+
+    Raises
+    ------
+    NestedWriteError
+        Opened inside a write session of the same thread, and explanations were computed in it (their
+        cache write would nest).
+    """
+    with ctx.db.read_session() as session:
+        info = session.info
+        yield session
+    new: dict[int, Any] = info.pop(_NEW_EXPLANATIONS, {})
+    if not new:
+        return
+    from sqlalchemy import update
+
+    try:
+        with ctx.db.session() as write:
+            for result_id, expl in new.items():
+                write.execute(update(Result).where(Result.id == result_id).values(explanations=expl))
+    except StorageError as exc:
+        logger.warning("explanations of results %s not cached: %s", sorted(new), exc)
+
+
 def build_report_input(
     ctx: Any, session: Session, result: Result, *, with_signal: bool = False
 ) -> StenosisReportInput:
-    """The report input of ``result`` (the tracing, explanations and median beats when ``with_signal``)."""
+    """The report input of ``result`` (the tracing, explanations and median beats when ``with_signal``).
+
+    It writes nothing: explanations computed here are cached when ``session`` is a
+    :func:`report_read_session`.
+    """
     ecg = session.get(EcgRecord, result.ecg_id)
     assert ecg is not None
     source = session.get(SourceObject, ecg.source_object_id)

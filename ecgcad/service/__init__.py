@@ -95,6 +95,10 @@ class Service:
             from ecgcad.db.audit_syslog import AuditSyslogForwarder
 
             self._start("audit-syslog", AuditSyslogForwarder(ctx))
+        if "scheduler" in self.roles:
+            from ecgcad.db.audit_checkpoint import AuditCheckpointer
+
+            self._start("audit-checkpoint", AuditCheckpointer(ctx), str(self.settings.audit_checkpoint_file))
         if "listeners" in self.roles:
             from ecgcad.listeners.dicom_scp import DicomScp
             from ecgcad.listeners.hl7_server import Hl7Server
@@ -130,6 +134,7 @@ class Service:
                 logger.info("stopped %s", name)
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 logger.exception("error stopping %s", name)
+        checkpointer = None if self.ctx is None else self.ctx.components.get("audit-checkpoint")
         self._started.clear()
         if self.ctx is not None:
             try:
@@ -139,6 +144,12 @@ class Service:
                     audit.record(s, "application.stop", detail={"version": __version__})
             except Exception:  # noqa: BLE001
                 logger.warning("could not audit application stop")
+            if checkpointer is not None:
+                # The last checkpoint covers the stop event itself (the forwarder has stopped: file only).
+                try:
+                    checkpointer.checkpoint_once()
+                except Exception:  # noqa: BLE001 - keep stopping
+                    logger.exception("could not write the final audit checkpoint")
             self.ctx.close()
 
     def request_stop(self, *_: object) -> None:

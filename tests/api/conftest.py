@@ -4,6 +4,7 @@ deliveries, one token per role, and stand-ins for the pipeline actions (resend, 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -278,3 +279,18 @@ def client(ctx: AppContext) -> Iterator[TestClient]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def csrf_field(html: str) -> str:
+    """The value of the first ``csrf_token`` hidden field of a dashboard page."""
+    found = re.search(r'name="csrf_token" value="([^"]*)"', html)
+    assert found is not None, "the page has no csrf_token field"
+    return found.group(1)
+
+
+def dashboard_login(client: TestClient, token: str) -> Any:
+    """Log in through the login form as a browser would (its CSRF field and cookie); the POST's response."""
+    page = client.get("/login")
+    return client.post(
+        "/login", data={"token": token, "csrf_token": csrf_field(page.text)}, follow_redirects=False
+    )

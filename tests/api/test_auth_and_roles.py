@@ -9,7 +9,16 @@ from ecgcad.api.app import create_app
 from ecgcad.api.auth import create_token, hash_token, revoke_token
 from ecgcad.context import AppContext
 from ecgcad.db.models import ApiToken, AuditEvent
-from tests.api.conftest import Seeded, TestClient, Tokens, bearer, make_tokens, seed
+from tests.api.conftest import (
+    Seeded,
+    TestClient,
+    Tokens,
+    bearer,
+    csrf_field,
+    dashboard_login,
+    make_tokens,
+    seed,
+)
 
 # (method, path template, roles allowed)
 ROUTES: list[tuple[str, str, set[str]]] = [
@@ -121,13 +130,15 @@ def test_tokens_are_stored_hashed_and_revocation_takes_effect_at_once(
 def test_dashboard_login_sets_an_httponly_cookie_and_logout_clears_it(
     client: TestClient, seeded: Seeded, tokens: Tokens
 ) -> None:
-    bad = client.post("/login", data={"token": "nope"}, follow_redirects=False)
+    bad = dashboard_login(client, "nope")
     assert bad.status_code == 303 and bad.headers["location"].startswith("/login?error=")
-    ok = client.post("/login", data={"token": tokens.operator}, follow_redirects=False)
+    ok = dashboard_login(client, tokens.operator)
     assert ok.status_code == 303 and ok.headers["location"] == "/"
     cookie = ok.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
-    assert client.get("/").status_code == 200
-    assert client.post("/logout", follow_redirects=False).status_code == 303
+    overview = client.get("/")
+    assert overview.status_code == 200
+    logout = client.post("/logout", data={"csrf_token": csrf_field(overview.text)}, follow_redirects=False)
+    assert logout.status_code == 303
     client.cookies.clear()
     assert client.get("/", follow_redirects=False).status_code == 303

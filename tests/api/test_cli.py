@@ -62,6 +62,10 @@ def test_token_lifecycle_and_audit_commands(tmp_path: Path) -> None:
     assert table.exit_code == 0 and table.stdout.count("audit.read") == 2  # the two queries above
     assert runner.invoke(app, ["audit", "query", "--since", "soon", "--config", str(cfg)]).exit_code == 2
 
+    unchecked = runner.invoke(app, ["audit", "verify", "--config", str(cfg)])
+    assert unchecked.exit_code == 1 and "no audit checkpoint" in unchecked.output
+    checkpoint = runner.invoke(app, ["audit", "checkpoint", "--config", str(cfg)])
+    assert checkpoint.exit_code == 0 and "audit checkpoint written" in checkpoint.stdout
     verified = runner.invoke(app, ["audit", "verify", "--config", str(cfg)])
     assert verified.exit_code == 0 and "intact" in verified.stdout
 

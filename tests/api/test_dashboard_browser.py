@@ -145,6 +145,10 @@ def test_admin_logs_in_filters_flagged_opens_one_resends_and_queries_audit(
     assert "No events match" not in text
     shot("06-audit-query")
 
+    # the pages work under the Content-Security-Policy: nothing was blocked on the way
+    blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert blocked == []
+
     names = sorted(p.name for p in shots.glob("*.png"))
     assert names == [
         "01-login.png",

@@ -124,3 +124,32 @@ def test_events_are_forwarded_in_order_as_rfc5424_with_a_dicom_audit_message(ctx
     assert 'csd-code="110104"' in first and 'UserID="CART1"' in first and "MRN-9^^^HOSP" in first
     assert 'csd-code="110101"' in repo.frames[1].decode() and 'UserID="alice"' in repo.frames[1].decode()
     assert "token.created" in repo.frames[2].decode()
+
+
+def test_a_checkpoint_is_forwarded_after_the_events_it_covers(ctx: AppContext) -> None:
+    from ecgcad.db.audit_checkpoint import Checkpoint, take_checkpoint
+
+    with ctx.db.session() as s:
+        audit.record(s, "application.start")
+        audit.record(s, "token.created", user="admin")
+    checkpoint = take_checkpoint(ctx.db, ctx.settings.audit_checkpoint_file)
+    forwarder = AuditSyslogForwarder(ctx)
+    forwarder.offer_checkpoint(checkpoint)
+    repo = Repository(ctx.settings.audit_syslog.port, *ctx.repo_files)  # type: ignore[attr-defined]
+    try:
+        assert not forwarder.send_checkpoint(), "its events are not forwarded yet"
+        assert forwarder.forward_once() == 2
+        assert forwarder.send_checkpoint()
+        assert not forwarder.send_checkpoint(), "sent once"
+        import time
+
+        deadline = time.monotonic() + 10
+        while len(repo.frames) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        repo.stop()
+    assert len(repo.frames) == 3
+    message = repo.frames[2].decode()
+    assert re.match(r"<85>1 \S+ \S+ ecgcad - ECGCAD-AUDIT-CHECKPOINT - ", message)
+    sent = Checkpoint.from_json(message.split("\ufeff", 1)[1])
+    assert sent == checkpoint and sent.verify_signature(ctx.db.audit_key)

@@ -172,15 +172,19 @@ def _stored(db: Database) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def test_hl7_direct_path_stores_what_the_session_path_stores(tmp_path: Path) -> None:
-    """Column by column, as stored: the direct path (its own INSERTs) and the session path agree."""
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "unkeyed"])
+def test_hl7_direct_path_stores_what_the_session_path_stores(tmp_path: Path, keyed: bool) -> None:
+    """Column by column, as stored: the direct path (its own INSERTs) and the session path agree, the audit
+    chain's key id included (and its HMAC, by the chain verified with that key)."""
+    from ecgcad.db.audit_key import AuditKey
     from ecgcad.db.migrate import upgrade
 
+    key = AuditKey("k" * 40) if keyed else None
     stored = []
     for direct in (True, False):
         url = f"sqlite:///{tmp_path / f'direct-{direct}.db'}"
         upgrade(url)
-        db = Database(url)
+        db = Database(url, audit_key=key)
         ingestor = Ingestor(db, ObjectStore(tmp_path / f"objects-{direct}"), SqlJobQueue(db, max_attempts=7))
         ingestor._direct = direct  # noqa: SLF001
         outcomes = ingestor.ingest_hl7_many(
@@ -195,6 +199,7 @@ def test_hl7_direct_path_stores_what_the_session_path_stores(tmp_path: Path) -> 
     direct_rows, session_rows = stored
     assert [len(direct_rows[t]) for t in ("source_objects", "jobs", "audit_events")] == [4, 4, 4]
     assert direct_rows == session_rows
+    assert {event["key_id"] for event in direct_rows["audit_events"]} == {key.key_id if key else None}
     assert {job["max_attempts"] for job in direct_rows["jobs"]} == {7}
 
 

@@ -115,6 +115,19 @@ def test_systemd_unit_structure(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", UNITS)
+def test_systemd_units_keep_the_data_folder_private(name: str) -> None:
+    service = _unit(name)["Service"]
+    assert service["StateDirectory"] == "ecgcad" and service["StateDirectoryMode"] == "0700"
+    assert service["UMask"] == "0077"
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_images_make_the_data_folder_private(name: str) -> None:
+    text = (DEPLOY / name).read_text()
+    assert re.search(r"chmod 0700 /var/lib/ecgcad\b", text), "the data folder (and a new volume) is 0700"
+
+
+@pytest.mark.parametrize("name", UNITS)
 def test_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
