@@ -5,12 +5,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
-from ecgcad.config import Settings
+from ecgcad.config import DestinationSettings, Settings
 from ecgcad.db.objects import ObjectStore
 from ecgcad.db.session import Database
 from ecgcad.jobs.queue import BackoffPolicy, JobQueue, SqlJobQueue
+
+if TYPE_CHECKING:
+    from ecgcad.integration.transport.senders import Sender
+    from ecgcad.model.predictor import Predictor
+    from ecgcad.pipeline.delivery import SenderPool
+    from ecgcad.pipeline.ingest import Ingestor
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +34,20 @@ class AppContext:
     db: Database
     store: ObjectStore
     queue: JobQueue
-    ingestor: Any
+    ingestor: Ingestor
+    #: The started components by name (``dicom``, ``hl7``, ``worker``, ``scheduler``, ``api``…), for readiness.
     components: dict[str, Any] = dataclasses.field(default_factory=dict)
-    wakers: list[Any] = dataclasses.field(default_factory=list)
+    #: Callables that wake idle in-process workers (:meth:`wake`).
+    wakers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
     #: The last model failure (load or predict) until a prediction succeeds again; shown by readiness.
     model_error: str | None = None
-    #: Outbound senders kept between deliveries (``pipeline.delivery.SenderPool``, made on first use).
-    sender_pool: Any = None
-    _predictor: Any = None
-    _shadow: Any = None
+    #: Outbound senders kept between deliveries (made on first use by ``pipeline.delivery.sender_pool``).
+    sender_pool: SenderPool | None = None
+    #: Makes the sender of a destination for every attempt instead of the pool (tests, integrators' fakes).
+    sender_factory: Callable[[DestinationSettings], Sender] | None = None
+    _predictor: Predictor | None = None
+    #: The shadow model; ``False`` once it failed to load (never retried).
+    _shadow: Predictor | Literal[False] | None = None
     _predictor_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @classmethod
@@ -60,7 +72,7 @@ class AppContext:
             except Exception:  # noqa: BLE001 - waking is best effort
                 logger.debug("wake failed", exc_info=True)
 
-    def get_predictor(self) -> Any:
+    def get_predictor(self) -> Predictor:
         """The scoring model (loaded once, kept resident)."""
         with self._predictor_lock:
             if self._predictor is None:
@@ -76,7 +88,7 @@ class AppContext:
             return self._predictor
 
     @property
-    def shadow_predictor(self) -> Any:
+    def shadow_predictor(self) -> Predictor | None:
         """The ``[model] shadow_checkpoint`` model (loaded once), or ``None``.
 
         Its results are stored and never sent (``pipeline.scoring``). A shadow checkpoint that cannot be
@@ -108,7 +120,7 @@ class AppContext:
             return None
         return self._shadow
 
-    def set_predictor(self, predictor: Any) -> None:
+    def set_predictor(self, predictor: Predictor) -> None:
         """Use ``predictor`` instead of loading one (tests, shadow models)."""
         with self._predictor_lock:
             self._predictor = predictor

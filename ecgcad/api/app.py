@@ -11,7 +11,9 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ecgcad import __version__
 from ecgcad.api.params import validation_error_handler
+from ecgcad.api.routes import include_routes
 from ecgcad.api.security import SecurityHeadersMiddleware
+from ecgcad.pipeline.status import destination_states
 
 
 def readiness(ctx: Any) -> tuple[bool, dict[str, Any]]:
@@ -23,13 +25,10 @@ def readiness(ctx: Any) -> tuple[bool, dict[str, Any]]:
             checks[name] = bool(getattr(comp, "alive", True))
     checks["model_loaded"] = ctx.predictor_loaded
     # A failing model does not make the service unready: listeners keep accepting and ECGs stay queued.
-    checks["model_error"] = getattr(ctx, "model_error", None)
-    try:
-        from ecgcad.pipeline.status import destination_states
-
+    checks["model_error"] = ctx.model_error
+    if checks["database"]:
+        # Destinations do not decide readiness (ECGs are kept until a peer is back); monitoring alerts on them.
         checks["destinations"] = destination_states(ctx)
-    except ModuleNotFoundError:
-        pass
     essential = [v for k, v in checks.items() if k in ("database", "dicom", "hl7", "worker")]
     return all(essential), checks
 
@@ -81,12 +80,7 @@ def create_app(ctx: Any) -> FastAPI:
 
         return PlainTextResponse(render_metrics(ctx), media_type="text/plain; version=0.0.4")
 
-    try:
-        from ecgcad.api.routes import include_routes
-    except ModuleNotFoundError:
-        pass
-    else:
-        include_routes(app, ctx)
+    include_routes(app, ctx)
     from ecgcad.api.docs import include_docs
 
     include_docs(app, ctx)

@@ -15,13 +15,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from ecgcad.api import actions, queries
+from ecgcad.api import queries
 from ecgcad.api.auth import ADMIN, EVERYONE, OPERATORS, Principal
 from ecgcad.api.deps import require
 from ecgcad.api.params import Cursor, fits_int64
 from ecgcad.api.security import csrf_guard
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, DeliveryError, EcgcadError, QueueError
+from ecgcad.pipeline import actions
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def next_link(request: Request, cursor: int | None) -> str | None:
 
 def error_status(exc: BaseException) -> int:
     """The HTTP status for an error raised by a pipeline action."""
-    if isinstance(exc, actions.ActionUnavailable):
-        return 501
     if isinstance(exc, LookupError):
         return 404
     if isinstance(exc, QueueError):

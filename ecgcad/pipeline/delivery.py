@@ -190,7 +190,7 @@ def checkout_sender(ctx: Any, dest: DestinationSettings) -> Iterator[Sender]:
 
     Tests replace it through ``ctx.sender_factory`` (called for every attempt, nothing pooled or closed).
     """
-    factory = getattr(ctx, "sender_factory", None)
+    factory = ctx.sender_factory
     if factory is not None:
         yield factory(dest)
         return
@@ -203,7 +203,7 @@ def make_sender(ctx: Any, dest: DestinationSettings) -> Sender:
 
     Deliveries use :func:`checkout_sender`.
     """
-    factory = getattr(ctx, "sender_factory", None)
+    factory = ctx.sender_factory
     if factory is not None:
         return factory(dest)  # type: ignore[no-any-return]
     return build_sender(dest, calling_ae=ctx.settings.dicom.ae_title, spool_dir=_spool_dir(ctx))

@@ -18,7 +18,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from ecgcad.api import actions
 from ecgcad.api.app import create_app
 from ecgcad.api.auth import create_token
 from ecgcad.config import Settings
@@ -27,6 +26,7 @@ from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, SourceObject, utcnow
 from ecgcad.db.session import Database
 from ecgcad.errors import QueueError
+from ecgcad.pipeline import actions
 
 PATIENT_FLAGGED = "PAT-0001"
 PATIENT_LOW = "PAT-0002"

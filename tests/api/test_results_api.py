@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from ecgcad.api import actions
 from ecgcad.context import AppContext
 from ecgcad.errors import BackPressureError, QueueError
 from tests.api.conftest import PATIENT_FLAGGED, PATIENT_LOW, ActionCalls, Seeded, TestClient, Tokens, bearer
@@ -141,22 +140,10 @@ def test_actions_pass_who_asked_and_translate_errors(
     )
 
 
-def test_an_action_missing_from_the_pipeline_is_501(
-    client: TestClient, seeded: Seeded, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def missing(*args: object, **kwargs: object) -> bytes:
-        raise actions.ActionUnavailable("report_pdf is not available")
-
-    monkeypatch.setattr(actions, "report_pdf", missing)
-    response = client.get(f"/api/v1/ecgs/{seeded.flagged_ecg}/report.pdf", headers=bearer(tokens.viewer))
-    assert response.status_code == 501
-
-
 def test_real_pipeline_resend_when_installed(
     ctx: AppContext, client: TestClient, seeded: Seeded, tokens: Tokens
 ) -> None:
     """Through ``ecgcad.pipeline.actions`` (no stand-in): the delivery is queued again and audited."""
-    pytest.importorskip("ecgcad.pipeline.actions", reason="ecgcad.pipeline.actions not installed yet")
     response = client.post(
         f"/api/v1/deliveries/{seeded.failed_delivery}/resend", headers=bearer(tokens.operator)
     )

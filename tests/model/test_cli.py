@@ -84,9 +84,8 @@ def test_score_with_a_bad_checkpoint_fails_with_one_line(tmp_path: Path) -> None
 
 
 def test_score_on_pydicoms_real_ecg() -> None:
-    pytest.importorskip("ecgcad.integration.formats.gate", reason="gate not merged yet")
-    pytest.importorskip("ecgcad.integration.formats.signal", reason="canonical_window not merged yet")
-    readers = pytest.importorskip("ecgcad.integration.formats.readers")
+    from ecgcad.integration.formats import readers
+
     if not hasattr(readers, "decode"):
         pytest.skip("ecgcad.integration.formats.readers.decode not merged yet")
     from pydicom.data import get_testdata_file

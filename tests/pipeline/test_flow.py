@@ -59,7 +59,7 @@ def ctx(tmp_path: Path) -> AppContext:
     context = AppContext.from_settings(settings)
     context.set_predictor(FakePredictor(fixed=FIXED, demonstration=True))
     context.senders = {"pacs": FakeSender(), "ehr": FakeSender()}  # type: ignore[attr-defined]
-    context.sender_factory = lambda dest: context.senders[dest.name]  # type: ignore[attr-defined]
+    context.sender_factory = lambda dest: context.senders[dest.name]
     return context
 
 
@@ -244,7 +244,7 @@ def test_site_profile_settings_shape_the_sr_and_oru(tmp_path: Path) -> None:
     ctx = AppContext.from_settings(settings)
     ctx.set_predictor(FakePredictor(fixed=FIXED))
     senders = {"pacs": FakeSender(), "ehr": FakeSender()}
-    ctx.sender_factory = lambda dest: senders[dest.name]  # type: ignore[attr-defined]
+    ctx.sender_factory = lambda dest: senders[dest.name]
     _ingest_real(ctx)
     _drain(ctx, _worker(ctx))
     (sr,) = (_dicom(obj) for obj in senders["pacs"].delivered)
@@ -269,7 +269,7 @@ def test_shadow_model_results_are_stored_and_never_sent(tmp_path: Path) -> None:
     ctx.set_predictor(FakePredictor(fixed=FIXED))
     ctx._shadow = FakePredictor(name="candidate", fixed={"rca": 0.9, "lm": 0.9, "lad": 0.9, "lcx": 0.9})
     sender = FakeSender()
-    ctx.sender_factory = lambda dest: sender  # type: ignore[attr-defined]
+    ctx.sender_factory = lambda dest: sender
     ecg_id = _ingest_real(ctx)
     _drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
@@ -298,7 +298,7 @@ def test_ordered_destination_sends_a_patients_results_in_order(tmp_path: Path) -
     ctx.set_predictor(FakePredictor(fixed=FIXED))
     # the first ORU is refused once: without ordering the second ECG's ORU would overtake it
     sender = FakeSender([SendOutcome.retry("connection refused")])
-    ctx.sender_factory = lambda dest: sender  # type: ignore[attr-defined]
+    ctx.sender_factory = lambda dest: sender
     import pydicom.uid
 
     data = REAL_ECG.read_bytes()

@@ -168,7 +168,7 @@ def test_sender_factory_is_used_as_before(tmp_path):
     settings = load_settings(None, data_dir=str(tmp_path / "var"), destinations=[_ehr(2575).model_dump()])
     ctx = AppContext.from_settings(settings)
     fakes = [FakeSender(), FakeSender()]
-    ctx.sender_factory = lambda dest: fakes.pop(0)  # type: ignore[attr-defined]
+    ctx.sender_factory = lambda dest: fakes.pop(0)
     try:
         with checkout_sender(ctx, settings.destination("ehr")) as one:
             pass
