@@ -218,7 +218,9 @@ def _input(
         result_id=result.id,
         result_version=result.result_version,
         scorable=result.scorable,
-        not_evaluated_reason=None if result.scorable else report_reason(result.reason_code, result.reason_text),
+        not_evaluated_reason=None
+        if result.scorable
+        else report_reason(result.reason_code, result.reason_text),
         probabilities=probabilities if result.scorable else {},
         thresholds=dict(result.thresholds or ctx.settings.thresholds.as_dict()),
         flags=result.flags() if result.scorable else {},
