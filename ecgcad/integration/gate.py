@@ -49,7 +49,7 @@ import numpy as np
 from ecgcad.config import GateSettings
 from ecgcad.errors import NotScorableError
 from ecgcad.integration.ecg import LEADS, TARGET_RATE_HZ, Ecg
-from ecgcad.integration.signal import CanonicalSignal
+from ecgcad.integration.signal import PLAUSIBLE_SAMPLING_RATE_HZ, CanonicalSignal
 
 __all__ = [
     "PLAUSIBLE_SAMPLING_RATE_HZ",
@@ -63,9 +63,6 @@ __all__ = [
 ]
 
 _LIMB = set(LEADS[:6])
-
-#: Sampling rates (Hz, inclusive) a real resting ECG can have; anything else is a corrupt header.
-PLAUSIBLE_SAMPLING_RATE_HZ: tuple[float, float] = (100.0, 20000.0)
 
 #: Longest report text of a reason: a DICOM Code Meaning (LO) holds 64 characters.
 REPORT_TEXT_MAX = 64

@@ -113,11 +113,13 @@ def _canonical_signal(ctx: Any, raw: bytes) -> np.ndarray | None:
     from ecgcad.integration.signal import canonical_window
 
     try:
-        return np.asarray(
+        window = np.asarray(
             canonical_window(decode(raw), ctx.settings.gate.window_policy).signal, dtype=np.float32
         )
     except (DecodeError, NotScorableError):
         return None
+    # Corrupt samples (refused by the gate) give no tracing: the report says "no tracing available".
+    return window if bool(np.isfinite(window).all()) else None
 
 
 def _explanations(
