@@ -3,25 +3,25 @@
 Each failed check adds a :class:`GateReason` with a stable code; an ECG with any reason is never scored and
 is reported as "not evaluated" with its reasons.
 
-===========================  ====================================================================
-code                         meaning (default threshold; every threshold is a ``[gate]`` setting)
-===========================  ====================================================================
-``implausible_sampling_rate``  a sampling rate that is not a number between 100 and 20,000 Hz
-                             (:data:`PLAUSIBLE_SAMPLING_RATE_HZ`; a corrupt header, not a setting)
-``bad_sensitivity``          a recorded lead's channel sensitivity (× correction factor) is not a
-                             positive finite number (corrupt channel definition)
-``non_finite_samples``       a lead holds infinite samples (values overflowed while scaling)
-``too_few_leads``            fewer than 8 independent leads (two limb leads + the precordial leads)
-``too_short``                record shorter than ``min_duration_s`` (10 s)
-``low_sampling_rate``        sampled below ``min_sampling_rate_hz`` (250 Hz)
-``flat_lead``                a recorded lead is flat (0.5–99.5 % range < 0.05 mV) or disconnected
-                             (> 50 % NaN)
-``saturation``               a recorded lead sits on its extreme value in > 2 % of samples (clipping)
-``noise``                    robust SD of the > 40 Hz content of a lead > 0.1 mV (muscle, mains)
-``baseline_wander``          range of the < 0.7 Hz content of a lead > 2 mV
-``pacemaker``                ≥ 3 pacing spikes (slope > 1 mV/ms, rebounding within 4 ms, on ≥ 2 leads)
-``underage``                 patient younger than ``min_age_years`` (18)
-===========================  ====================================================================
+===============================  ====================================================================
+code                             meaning (default threshold; every threshold is a ``[gate]`` setting)
+===============================  ====================================================================
+``implausible_sampling_rate``    a sampling rate that is not a number between 100 and 20,000 Hz
+                                 (:data:`PLAUSIBLE_SAMPLING_RATE_HZ`; a corrupt header, not a setting)
+``bad_sensitivity``              a recorded lead's channel sensitivity (× correction factor) is not a
+                                 positive finite number (corrupt channel definition)
+``non_finite_samples``           a lead holds infinite samples (values overflowed while scaling)
+``too_few_leads``                fewer than 8 independent leads (two limb leads + the precordial leads)
+``too_short``                    record shorter than ``min_duration_s`` (10 s)
+``low_sampling_rate``            sampled below ``min_sampling_rate_hz`` (250 Hz)
+``flat_lead``                    a recorded lead is flat (0.5–99.5 % range < 0.05 mV) or disconnected
+                                 (> 50 % NaN)
+``saturation``                   a recorded lead sits on its extreme value in > 2 % of samples (clipping)
+``noise``                        robust SD of the > 40 Hz content of a lead > 0.1 mV (muscle, mains)
+``baseline_wander``              range of the < 0.7 Hz content of a lead > 2 mV
+``pacemaker``                    ≥ 3 pacing spikes (slope > 1 mV/ms, rebounding within 4 ms, on ≥ 2 leads)
+``underage``                     patient younger than ``min_age_years`` (18)
+===============================  ====================================================================
 
 The first three are checked first: a record with a corrupt header or corrupt samples gets only those
 (and the age check); its signal is never windowed, filtered or scored. :data:`REASON_TEXTS` holds every
@@ -127,11 +127,6 @@ class GateReason:
     def __post_init__(self) -> None:
         if self.code not in REASON_TEXTS:
             raise ValueError(f"unknown gate reason code {self.code!r}")
-
-    @property
-    def report_text(self) -> str:
-        """The fixed short text of :attr:`code` (:data:`REASON_TEXTS`), for reports."""
-        return REASON_TEXTS[self.code]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
