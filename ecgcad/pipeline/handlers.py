@@ -27,7 +27,11 @@ def register_handlers(
     ``only`` / ``exclude`` pick job kinds, so that deliveries (network-bound) run on their own threads and a
     slow peer never delays scoring.
     """
-    from ecgcad.pipeline.scoring import make_decode_handler, make_score_handler
+    from ecgcad.pipeline.scoring import (
+        make_decode_handler,
+        make_score_dead_letter_handler,
+        make_score_handler,
+    )
 
     def wanted(kind: str) -> bool:
         return (only is None or kind in only) and (exclude is None or kind not in exclude)
@@ -35,7 +39,11 @@ def register_handlers(
     model = ctx.settings.model
     if wanted("score"):
         worker.register(
-            "score", make_score_handler(ctx), batch_size=model.max_batch, max_wait_ms=model.max_wait_ms
+            "score",
+            make_score_handler(ctx),
+            batch_size=model.max_batch,
+            max_wait_ms=model.max_wait_ms,
+            on_dead_letter=make_score_dead_letter_handler(ctx),
         )
     if wanted("decode"):
         worker.register("decode", make_decode_handler(ctx))
