@@ -18,6 +18,8 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
 
 def render_metrics(ctx: Any) -> str:
     """The metrics page."""
+    from ecgcad.pipeline.delivery import CONTENT_ERROR_PREFIX
+
     out: list[str] = []
     with ctx.db.session() as s:
         out.append("# TYPE ecgcad_received_total counter")
@@ -51,6 +53,14 @@ def render_metrics(ctx: Any) -> str:
             )
         ):
             out.append(_line("ecgcad_deliveries_total", n, {"destination": dest, "state": state}))
+        # An alert: results that failed for good because their object could not be built.
+        out.append("# TYPE ecgcad_delivery_content_errors gauge")
+        for dest, kind, n in s.execute(
+            select(Delivery.destination, Delivery.object_kind, func.count())
+            .where(Delivery.state == "failed", Delivery.last_response.startswith(CONTENT_ERROR_PREFIX))
+            .group_by(Delivery.destination, Delivery.object_kind)
+        ):
+            out.append(_line("ecgcad_delivery_content_errors", n, {"destination": dest, "kind": kind}))
     out.append("# TYPE ecgcad_queue_jobs gauge")
     for state, n in ctx.queue.counts().items():
         out.append(_line("ecgcad_queue_jobs", n, {"state": state}))

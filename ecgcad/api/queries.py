@@ -418,6 +418,13 @@ def overview(session: Session, jobs: dict[str, Any], *, now: dt.datetime | None 
         .group_by(Delivery.destination, Delivery.state)
     ).all():
         failing.setdefault(dest, {s: 0 for s in FAILING_DELIVERY_STATES})[state] = n
+    from ecgcad.pipeline.delivery import CONTENT_ERROR_PREFIX
+
+    content_errors = session.execute(
+        select(func.count()).where(
+            Delivery.state == "failed", Delivery.last_response.startswith(CONTENT_ERROR_PREFIX)
+        )
+    ).scalar_one()
     return {
         "day_start": start.isoformat(),
         "received_today": received,
@@ -431,4 +438,5 @@ def overview(session: Session, jobs: dict[str, Any], *, now: dt.datetime | None 
         "queue_counts": jobs["counts"],
         "oldest_waiting_age_s": jobs["oldest_waiting_age_s"],
         "failing_deliveries": failing,
+        "content_errors": int(content_errors),
     }

@@ -5,6 +5,11 @@ A handler receives a list of claimed jobs (one, or a micro-batch of up to ``batc
 ``job id → exception`` for the ones that did not. The worker marks a job done only after the handler
 returned, i.e. after its result was committed. A crash in between leaves the job claimed; its lease runs out
 and it runs again, which handlers make harmless through the database's uniqueness constraints.
+
+A job whose failure sends it to the dead letter (out of attempts, or not retryable) is passed, with its last
+error, to the ``on_dead_letter`` callback registered for its kind: the same path for every queue engine, so
+that the work the job stood for gets a final state (a scoring job's ECG becomes "not evaluated: processing
+error") instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from ecgcad.jobs.queue import ClaimedJob, JobQueue
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[list[ClaimedJob]], Mapping[int, BaseException | None] | None]
+#: Called once for a job that went to the dead letter, with its last error.
+DeadLetterHandler = Callable[[ClaimedJob, BaseException], None]
 
 
 @dataclasses.dataclass(slots=True)
@@ -33,6 +40,7 @@ class _Registration:
     handler: Handler
     batch_size: int
     max_wait_ms: int
+    on_dead_letter: DeadLetterHandler | None = None
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -67,11 +75,32 @@ class Worker:
         self.last_heartbeat: float = 0.0
         self.processed = 0
 
-    def register(self, kind: str, handler: Handler, *, batch_size: int = 1, max_wait_ms: int = 0) -> None:
-        """Handle jobs of ``kind`` with ``handler`` (in micro-batches when ``batch_size`` > 1)."""
+    def register(
+        self,
+        kind: str,
+        handler: Handler,
+        *,
+        batch_size: int = 1,
+        max_wait_ms: int = 0,
+        on_dead_letter: DeadLetterHandler | None = None,
+    ) -> None:
+        """Handle jobs of ``kind`` with ``handler`` (in micro-batches when ``batch_size`` > 1).
+
+        Parameters
+        ----------
+        kind:
+            The job kind.
+        handler:
+            Runs a list of claimed jobs; returns ``None`` or ``job id → exception`` for the failed ones.
+        batch_size, max_wait_ms:
+            Micro-batch: claim up to ``batch_size`` jobs, waiting at most ``max_wait_ms`` for more.
+        on_dead_letter:
+            Called with a job and its last error when its failure sends it to the dead letter; an error
+            it raises is logged (the job stays in the dead letter).
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self._registry[kind] = _Registration(kind, handler, batch_size, max_wait_ms)
+        self._registry[kind] = _Registration(kind, handler, batch_size, max_wait_ms, on_dead_letter)
 
     @property
     def kinds(self) -> list[str]:
@@ -128,6 +157,17 @@ class Worker:
                     type(error).__name__,
                     state,
                 )
+                if state == "failed" and reg.on_dead_letter is not None:
+                    self._dead_letter(reg.on_dead_letter, job, error)
+
+    @staticmethod
+    def _dead_letter(callback: DeadLetterHandler, job: ClaimedJob, error: BaseException) -> None:
+        try:
+            callback(job, error)
+        except Exception:  # noqa: BLE001 - the job is in the dead letter either way; never kill the worker
+            logger.error(
+                "dead-letter handler for job %s (%s) failed:\n%s", job.id, job.kind, traceback.format_exc()
+            )
 
     # -- background thread -------------------------------------------------------------------------------
     def run_forever(self) -> None:

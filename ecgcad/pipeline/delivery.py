@@ -37,6 +37,11 @@ from ecgcad.vessels import VESSELS
 
 logger = logging.getLogger(__name__)
 
+#: How ``Delivery.last_response`` starts when the object could not be built: a *content* error (our report
+#: of this result cannot be made), never cured by a retry. Counted apart from refusals and outages
+#: (``ecgcad_delivery_content_errors`` on ``/metrics``, "content errors" on the dashboard) as an alert.
+CONTENT_ERROR_PREFIX = "could not build "
+
 
 def build_sender(
     dest: DestinationSettings, *, calling_ae: str, spool_dir: Path | None = None
@@ -299,12 +304,7 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
             assert result is not None
             payload, object_uid = build_payload(ctx, session, delivery, result, dest)
     except (BuildError, EcgcadError) as exc:
-        with ctx.db.session() as session:
-            delivery = session.get(Delivery, delivery_id)
-            assert delivery is not None
-            delivery.state = "failed"
-            delivery.last_response = f"could not build {delivery.object_kind}: {exc}"[:2000]
-            return SendOutcome.permanent(delivery.last_response)
+        return _content_error(ctx, delivery_id, dest, exc)
     # The network call happens outside any transaction: the database is never held while a peer is slow.
     with checkout_sender(ctx, dest) as sender:
         outcome = sender.send(payload)
@@ -365,6 +365,51 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
         "sent" if outcome.delivered else outcome.response,
     )
     return outcome
+
+
+def _content_error(ctx: Any, delivery_id: int, dest: DestinationSettings, exc: Exception) -> SendOutcome:
+    """The object of a delivery could not be built: ``failed`` for good, audited, counted and logged as an
+    error (an alert: a result that does not reach its destination), not as a quiet refusal."""
+    from ecgcad.pipeline.telemetry import TELEMETRY
+
+    with ctx.db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery is not None
+        delivery.state = "failed"
+        delivery.next_attempt_at = None
+        delivery.last_response = f"{CONTENT_ERROR_PREFIX}{delivery.object_kind}: {exc}"[:2000]
+        kind = delivery.object_kind
+        result = session.get(Result, delivery.result_id)
+        ecg = session.get(EcgRecord, result.ecg_id) if result is not None else None
+        audit.record(
+            session,
+            "delivery.failed",
+            outcome=8,
+            ae_title=dest.ae_title or None,
+            address=f"{dest.host}:{dest.port}",
+            patient_id=ecg.patient_id if ecg else None,
+            issuer_of_patient_id=ecg.issuer_of_patient_id if ecg else None,
+            study_instance_uid=ecg.study_instance_uid if ecg else None,
+            ecg_id=ecg.id if ecg else None,
+            detail={
+                "delivery_id": delivery_id,
+                "destination": dest.name,
+                "kind": kind,
+                "content_error": True,
+                "response": delivery.last_response[:500],
+            },
+        )
+        response = delivery.last_response
+    TELEMETRY.count_delivery(dest.name, "content_error")
+    # The exception's message may quote copied values: only its type goes to the log.
+    logger.error(
+        "delivery %s (%s to %s): content error, the object could not be built (%s); it needs an operator",
+        delivery_id,
+        kind,
+        dest.name,
+        type(exc).__name__,
+    )
+    return SendOutcome.permanent(response)
 
 
 def waiting_for_earlier(ctx: Any, delivery_id: int) -> bool:

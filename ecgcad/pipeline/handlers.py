@@ -48,6 +48,7 @@ def register_handlers(
             scoring.make_score_handler(ctx),
             batch_size=model.max_batch,
             max_wait_ms=model.max_wait_ms,
+            on_dead_letter=scoring.make_score_dead_letter_handler(ctx),
         )
     for kind, factory in HANDLER_FACTORIES.items():
         if wanted(kind):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,10 @@ _NEW_EXPLANATIONS = "ecgcad_new_explanations"
 #: Gate / decode reason codes → the coded reason of reports (DICOM CodeValue is SH: at most 16 characters).
 REPORT_REASON_CODES = {
     "decode_failed": "DECODE_FAILED",
+    "processing_error": "PROCESSING_ERROR",
+    "implausible_sampling_rate": "BAD_SAMPLE_RATE",
+    "bad_sensitivity": "BAD_SENSITIVITY",
+    "non_finite_samples": "NON_FINITE",
     "too_few_leads": "TOO_FEW_LEADS",
     "too_short": "TOO_SHORT",
     "low_sampling_rate": "LOW_SAMPLE_RATE",
@@ -41,10 +46,55 @@ REPORT_REASON_CODES = {
 }
 
 
+#: Report texts of the reasons the pipeline gives itself (the gate's are in
+#: :data:`ecgcad.integration.formats.gate.REASON_TEXTS`); each fits :data:`~ecgcad.integration.formats.gate.REPORT_TEXT_MAX`.
+PIPELINE_REASON_TEXTS = {
+    "decode_failed": "the ECG could not be decoded",
+    "processing_error": "processing error",
+    "not_evaluated": "not evaluated",
+}
+
+
 def report_reason_code(code: str | None) -> str:
-    """The report code of a stored reason code (upper case, ≤ 16 characters)."""
+    """The report code of a stored reason code: 1–16 characters ``[A-Z0-9_-]``, whatever ``code`` is."""
     code = code or "not_evaluated"
-    return REPORT_REASON_CODES.get(code, code.upper().replace(".", "_")[:16])
+    known = REPORT_REASON_CODES.get(code)
+    if known is not None:
+        return known
+    return re.sub(r"[^A-Z0-9_-]", "_", code.upper())[:16] or "NOT_EVALUATED"
+
+
+def report_reason(code: str | None, text: str | None) -> tuple[str, str]:
+    """The ``(code, text)`` of a not-evaluated report, made to fit its fields whatever was stored.
+
+    A known reason (every gate reason and the pipeline's own) gets its fixed short text; the stored,
+    specific sentence (e.g. the list of flat leads, a decoder's message) stays with the result for the
+    API and the dashboard. An unknown reason's text is cut to :data:`~ecgcad.integration.formats.gate.
+    REPORT_TEXT_MAX` characters, with control characters and backslashes (not allowed in a DICOM LO)
+    replaced by spaces.
+
+    Parameters
+    ----------
+    code:
+        The stored reason code (``Result.reason_code``); ``None`` = ``"not_evaluated"``.
+    text:
+        The stored reason text (``Result.reason_text``).
+
+    Returns
+    -------
+    tuple
+        Report code (1–16 characters ``[A-Z0-9_-]``) and text (1–64 characters).
+    """
+    from ecgcad.integration.formats.gate import REASON_TEXTS, REPORT_TEXT_MAX
+
+    key = code or "not_evaluated"
+    fixed = REASON_TEXTS.get(key) or PIPELINE_REASON_TEXTS.get(key)
+    if fixed is not None:
+        return report_reason_code(key), fixed
+    cleaned = " ".join(re.sub(r"[\x00-\x1f\x7f\\]", " ", text or "").split())
+    if len(cleaned) > REPORT_TEXT_MAX:
+        cleaned = cleaned[: REPORT_TEXT_MAX - 3].rstrip() + "..."
+    return report_reason_code(key), cleaned or PIPELINE_REASON_TEXTS["not_evaluated"]
 
 
 def _identifiers(ecg: EcgRecord) -> EcgIdentifiers:
@@ -72,7 +122,10 @@ def _canonical_signal(ctx: Any, raw: bytes) -> np.ndarray | None:
         return None
     if prepared.window is None:
         return None
-    return np.asarray(prepared.window.signal, dtype=np.float32)
+    window = np.asarray(prepared.window.signal, dtype=np.float32)
+    # Corrupt samples (refused by the gate) give no tracing: the report says "no tracing available".
+    # NaN rows are leads the ECG does not have (drawn as gaps); infinity is corruption.
+    return None if bool(np.isinf(window).any()) else window
 
 
 def _explanations(
@@ -207,7 +260,7 @@ def _input(
         scorable=result.scorable,
         not_evaluated_reason=None
         if result.scorable
-        else (report_reason_code(result.reason_code), result.reason_text or "not evaluated"),
+        else report_reason(result.reason_code, result.reason_text),
         probabilities=probabilities if result.scorable else {},
         thresholds=dict(result.thresholds or ctx.settings.thresholds.as_dict()),
         flags=result.flags() if result.scorable else {},

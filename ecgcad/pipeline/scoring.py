@@ -5,6 +5,8 @@ raw object (payloads carry ids, never waveforms), checked by the quality and int
 scorable ones go through the predictor together. Each ECG's Result, its Delivery rows and their ``deliver``
 jobs are committed in one transaction per ECG. A re-run (after a crash between commit and ``done``) finds
 the Result already there and only makes sure the deliveries exist: one result per ECG and model version.
+A ``score`` job that goes to the dead letter (:func:`settle_dead_score_job`) makes its ECG "not evaluated:
+processing error", with its reports, so that no acknowledged ECG waits in ``queued`` forever.
 """
 
 from __future__ import annotations
@@ -361,6 +363,61 @@ def make_score_handler(ctx: Any) -> Any:
         return failures
 
     return handle
+
+
+#: The reason code of an ECG whose scoring failed on every attempt.
+PROCESSING_ERROR = "processing_error"
+
+
+def settle_dead_score_job(ctx: Any, job: ClaimedJob, error: BaseException) -> None:
+    """Give the ECG of a ``score`` job that went to the dead letter its final state.
+
+    It gets a "not evaluated: processing error" result of the active model, whose reports (SR, PDF, ORU)
+    are delivered like any other; the ECG is ``not_evaluated``. When not even the model can be loaded
+    there is no model to record the result under: the ECG is ``failed`` (shown on the dashboard; an
+    operator's rescore scores it). An ECG that has a result already is left as it is.
+
+    Parameters
+    ----------
+    ctx:
+        The application context.
+    job:
+        The dead ``score`` job (payload ``{"ecg_id"}``).
+    error:
+        Its last error (only its type is recorded: a message may quote source values).
+    """
+    ecg_id = int(job.payload["ecg_id"])
+    try:
+        predictor = ctx.get_predictor()
+    except Exception as exc:  # noqa: BLE001 - no model: the ECG is marked failed below
+        logger.error("model unavailable for the dead score job %s: %s", job.id, type(exc).__name__)
+        predictor = None
+    reason = f"scoring failed on all {job.attempts} attempts ({type(error).__name__})"
+    with ctx.db.session() as session:
+        ecg = session.get(EcgRecord, ecg_id)
+        if ecg is None or ecg.state in ("scored", "not_evaluated"):
+            return
+        if predictor is None:
+            ecg.state = "failed"
+            logger.error("ecg %s failed: %s; no model to report it under", ecg_id, reason)
+            return
+        prep = _Prepared(job=job, ecg_id=ecg_id, reason=(PROCESSING_ERROR, reason))
+        result = _store_result(ctx, session, prep, predictor, None)
+        result_id = result.id if result is not None else None
+    logger.error(
+        "ecg %s not evaluated: processing error (job %s, result %s): %s", ecg_id, job.id, result_id, reason
+    )
+    if hasattr(ctx, "wake"):
+        ctx.wake()  # its deliveries were queued
+
+
+def make_score_dead_letter_handler(ctx: Any) -> Any:
+    """The worker's ``on_dead_letter`` callback for ``score`` jobs (:func:`settle_dead_score_job`)."""
+
+    def on_dead_letter(job: ClaimedJob, error: BaseException) -> None:
+        settle_dead_score_job(ctx, job, error)
+
+    return on_dead_letter
 
 
 def make_decode_handler(ctx: Any) -> Any:

@@ -61,7 +61,7 @@ class Telemetry:
             )
 
     def count_delivery(self, destination: str, outcome: str) -> None:
-        """A delivery attempt ended with ``outcome`` (sent / retry / failed)."""
+        """A delivery attempt ended with ``outcome`` (sent / retry / failed / content_error)."""
         with self._lock:
             key = (destination, outcome)
             self.delivery_outcomes[key] = self.delivery_outcomes.get(key, 0) + 1

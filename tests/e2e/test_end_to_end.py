@@ -216,3 +216,73 @@ def test_ecg_inside_an_hl7_oru_is_scored_and_reported(running: Running) -> None:
     assert sr.PatientID == "MRN-E2E"
     wait_for(lambda: running.ehr.messages, 60, "ORU at the MLLP sink")
     _check_oru(running.ehr.messages[0], "MRN-E2E")
+
+
+@pytest.mark.parametrize("running", [0], indirect=True, ids=["delivery-threads"])
+def test_storescu_pediatric_and_flat_ecgs_get_not_evaluated_sr_and_oru(
+    running: Running, tmp_path: Path
+) -> None:
+    """Issue 16, item 2: a pediatric and a flat ECG were acknowledged (C-STORE Success) but got no report:
+    every delivery failed "not-evaluated reason text must be 1–64 characters". Each gets its SR, PDF and
+    ORU as "not evaluated: <reason>"."""
+    import dataclasses
+
+    import numpy as np
+
+    from ecgcad.integration.formats.ecg import LEADS
+    from ecgcad.testing import ecg_writers as w
+
+    cases = {
+        "MRN-CHILD": (None, {"patient_age": "008Y"}, "UNDERAGE", "patient below the intended-use age"),
+        "MRN-FLAT": (
+            np.zeros((len(LEADS), 5000), dtype=np.float32),
+            {},
+            "FLAT_LEAD",
+            "flat or disconnected lead",
+        ),
+    }
+    files = []
+    for n, (patient_id, (samples, ids, _, _)) in enumerate(cases.items(), start=1):
+        identifiers = dataclasses.replace(
+            w.TEST_IDENTIFIERS,
+            patient_id=patient_id,
+            study_instance_uid=f"1.2.826.0.1.3680043.10.543.16.{n}",
+            series_instance_uid=f"1.2.826.0.1.3680043.10.543.16.{n}.1",
+            sop_instance_uid=f"1.2.826.0.1.3680043.10.543.16.{n}.1.1",
+            **ids,
+        )
+        path = tmp_path / f"{patient_id}.dcm"
+        path.write_bytes(
+            w.build_dicom_ecg(samples, 500.0 if samples is not None else None, identifiers=identifiers)
+        )
+        files.append(str(path))
+    out = subprocess.run(
+        ["storescu", "-aec", "ECGCAD", "-aet", "CART1", "127.0.0.1", str(running.dicom_port), *files],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+
+    def reports() -> dict[str, list[pydicom.Dataset]] | None:
+        by_patient: dict[str, list[pydicom.Dataset]] = {}
+        for f in running.pacs.files():
+            try:
+                ds = pydicom.dcmread(f)
+            except Exception:  # noqa: BLE001 - storescp may still be writing it
+                continue
+            by_patient.setdefault(str(ds.PatientID), []).append(ds)
+        complete = all(len(by_patient.get(p, [])) == 2 for p in cases) and len(running.ehr.messages) >= 2
+        return by_patient if complete else None
+
+    received = wait_for(reports, 120, "an SR and a PDF per ECG in storescp, and two ORUs")
+    for patient_id, (_, _, code, text) in cases.items():
+        (sr,) = [ds for ds in received[patient_id] if ds.SOPClassUID == SR_CLASS]
+        items = sr.ContentSequence[-1].ContentSequence
+        (reason,) = [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "NOT-EVALUATED"]
+        concept = reason.ConceptCodeSequence[0]
+        assert (concept.CodeValue, concept.CodeMeaning) == (code, text)
+        (oru,) = [m for m in running.ehr.messages if f"|{patient_id}^".encode() in m]
+        assert f"|NOT-EVAL^Reason not evaluated^99ECGCAD||{code}^{text}^99ECGCAD|".encode() in oru
+        assert b"|IND|" in oru

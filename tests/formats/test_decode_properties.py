@@ -82,3 +82,58 @@ def test_logs_carry_no_patient_identifiers(caplog, real_bytes):
             decode(b"MSH|^~\\&|A|B\rPID|1||ZZTEST-4711\r")
     text = caplog.text
     assert w.TEST_IDENTIFIERS.patient_id not in text and "Testperson" not in text and "642341" not in text
+
+
+# -- values that overflow, corrupt sensitivities and rates (issue 16): an Ecg the gate refuses, coded -------
+@functools.cache
+def _ma_segments() -> tuple[bytes, ...]:
+    return tuple(_seeds()["hl7-ma"].split(b"\r"))
+
+
+def _ma_with(field: str, value: str, position: float) -> bytes:
+    """The Chapter 7 MA seed with one sample, one channel's sensitivity or every channel's rate replaced."""
+    segments = [s.split(b"|") for s in _ma_segments()]
+    cd = [s for s in segments if s[0] == b"OBX" and s[2] == b"CD"]
+    (ma,) = [s for s in segments if s[0] == b"OBX" and s[2] == b"MA"]
+    if field == "sample":
+        samples = ma[5].replace(b"~", b"^").split(b"^")
+        samples[int(position * (len(samples) - 1))] = value.encode()
+        width = len(cd)
+        ma[5] = b"~".join(b"^".join(samples[i : i + width]) for i in range(0, len(samples), width))
+    for i, seg in enumerate(cd):
+        parts = seg[5].split(b"^")
+        if field == "rate":
+            parts[4] = value.encode()
+        elif field == "sensitivity" and i == int(position * (len(cd) - 1)):
+            parts[2] = value.encode() + b"&uV"
+        seg[5] = b"^".join(parts)
+    return b"\r".join(b"|".join(s) for s in segments)
+
+
+@PROPS
+@given(
+    st.one_of(
+        st.tuples(st.just("sample"), st.sampled_from(["1e308", "-1e308", "inf", "-Infinity", "2e41"])),
+        st.tuples(st.just("sensitivity"), st.floats(-1e300, -1e-300).map(lambda f: f"{f:.6g}")),
+        st.tuples(
+            st.just("rate"),
+            st.one_of(
+                st.floats(1e-300, 99.9).map(lambda f: f"{f:.6g}"),
+                st.floats(20001, 1e300).map(lambda f: f"{f:.6g}"),
+            ),
+        ),
+    ),
+    st.floats(0, 1),
+)
+def test_corrupt_numbers_give_an_ecg_the_gate_refuses_with_its_code(change, position):
+    """No overflow warning escapes a reader, and the record is refused, never scored."""
+    from ecgcad.integration.formats.gate import check
+
+    field, value = change
+    ecg = decode(_ma_with(field, value, position))
+    code = {
+        "sample": "non_finite_samples",
+        "sensitivity": "bad_sensitivity",
+        "rate": "implausible_sampling_rate",
+    }
+    assert check(ecg).codes[0] == code[field]

@@ -10,7 +10,7 @@ import pytest
 
 from ecgcad.config import GateSettings
 from ecgcad.integration.formats.ecg import LEADS, Ecg
-from ecgcad.integration.formats.gate import check
+from ecgcad.integration.formats.gate import GateReason, check
 from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 
@@ -148,3 +148,92 @@ def test_quality_thresholds_come_from_settings(x500):
     x[LEADS.index("V4")] += np.random.default_rng(0).normal(0, 0.4, 5000).astype(np.float32)
     assert check(_ecg(x, 500.0)).codes == ["noise"]
     assert check(_ecg(x, 500.0), GateSettings(noise_mv=1.0)).scorable
+
+
+# -- corrupt records (issue 16, item 3): refused with coded reasons, never windowed or scored ----------
+
+
+@pytest.mark.parametrize("rate", [float("inf"), 1e9, 1e-9, 99.0, 20001.0])
+def test_implausible_sampling_rate_is_refused_before_any_signal_check(x500, rate):
+    verdict = check(_ecg(x500, rate))
+    assert verdict.codes == ["implausible_sampling_rate"]
+    assert verdict.window is None
+
+
+@pytest.mark.parametrize("rate", [100.0, 20000.0])
+def test_the_plausible_rate_range_is_inclusive(rate):
+    x = w.real_signal(rate)
+    assert "implausible_sampling_rate" not in check(_ecg(x, rate)).codes
+
+
+@pytest.mark.parametrize("sensitivity", [-2.5, 0.0, float("nan"), float("inf")])
+def test_non_positive_channel_sensitivity_is_refused(x500, sensitivity):
+    ecg = _ecg(x500, 500.0)
+    ecg.channel_sensitivity = {name: 2.5 for name in LEADS} | {"V2": sensitivity}
+    verdict = check(ecg)
+    assert verdict.codes == ["bad_sensitivity"] and verdict.reasons[0].leads == ("V2",)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_infinite_samples_are_refused(x500, value):
+    x = x500.copy()
+    x[LEADS.index("V5"), 1234] = value
+    verdict = check(_ecg(x, 500.0))
+    assert verdict.codes == ["non_finite_samples"] and verdict.reasons[0].leads == ("V5",)
+
+
+def test_a_corrupt_record_still_gets_the_age_check(x500):
+    verdict = check(_ecg(x500, 1e9, patient_age="010Y"))
+    assert verdict.codes == ["implausible_sampling_rate", "underage"]
+
+
+def _chapter7(**replace: bytes) -> bytes:
+    msg = w.write_hl7_oru_waveform(w.real_signal(500.0), 500.0)
+    for old, new in replace.items():
+        assert old.encode() in msg
+        msg = msg.replace(old.encode(), new)
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("replace", "code"),
+    [
+        ({"|MA|WAV^Waveform^HL7|1|": b"|MA|WAV^Waveform^HL7|1|1e308^"}, "non_finite_samples"),
+        ({"^2.5&uV^": b"^-2.5&uV^"}, "bad_sensitivity"),
+        ({"^500^-32768": b"^1e9^-32768"}, "implausible_sampling_rate"),
+        ({"^500^-32768": b"^1e-9^-32768"}, "implausible_sampling_rate"),
+    ],
+    ids=["samples-1e308", "negative-sensitivity", "rate-1e9", "rate-1e-9"],
+)
+def test_corrupt_hl7_chapter7_waveform_is_refused_not_scored(replace, code):
+    """The adversarial run's HL7 waveforms: each passed the gate and flagged every vessel (or hung)."""
+    verdict = check(decode(_chapter7(**replace)))
+    assert verdict.codes[0] == code and not verdict.scorable
+
+
+@pytest.mark.parametrize(
+    ("sensitivity", "code"),
+    [("-2.5", "bad_sensitivity"), ("1e300", "non_finite_samples")],
+    ids=["negative-sensitivity", "overflowing-sensitivity"],
+)
+def test_corrupt_dicom_channel_sensitivity_is_refused(x500, sensitivity, code):
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(w.build_dicom_ecg(x500, 500.0, include_median=False)))
+    ds.WaveformSequence[0].ChannelDefinitionSequence[3].ChannelSensitivity = sensitivity
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    verdict = check(decode(buf.getvalue()))
+    assert verdict.codes[0] == code
+
+
+def test_every_reason_code_has_a_report_text_that_fits_a_code_meaning():
+    from ecgcad.integration.formats.gate import REASON_TEXTS, REPORT_TEXT_MAX
+
+    for code, text in REASON_TEXTS.items():
+        assert 1 <= len(text) <= REPORT_TEXT_MAX, code
+        assert "\\" not in text and text.isprintable(), code
+    with pytest.raises(ValueError, match="unknown gate reason"):
+        GateReason("not_a_reason", "x")

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Job, SourceObject
+from ecgcad.errors import PermanentDeliveryError
 from ecgcad.jobs.queue import JobQueue, SqlJobQueue
 from ecgcad.jobs.worker import Worker
 
@@ -255,3 +256,43 @@ def test_worker_thread_stops_cleanly(queue: SqlJobQueue) -> None:
     while queue.counts()["done"] != 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert queue.counts()["done"] == 1
+
+
+def test_worker_hands_each_dead_lettered_job_to_its_kind_once(queue: SqlJobQueue) -> None:
+    """The common worker path of every engine: a job out of attempts (or refused for good) reaches the
+    ``on_dead_letter`` callback once, with its last error, so its work gets a final state (issue 16)."""
+    exhausted = _defer(queue, "score", {"ecg_id": 1}, max_attempts=2)
+    refused = _defer(queue, "score", {"ecg_id": 2}, max_attempts=5)
+    dead: list[tuple[int, int, str]] = []
+
+    def handler(jobs):  # type: ignore[no-untyped-def]
+        return {
+            j.id: PermanentDeliveryError("refused") if j.payload["ecg_id"] == 2 else RuntimeError("boom")
+            for j in jobs
+        }
+
+    worker = Worker(queue)
+    worker.register(
+        "score", handler, on_dead_letter=lambda job, error: dead.append((job.id, job.attempts, str(error)))
+    )
+    deadline = time.monotonic() + 10
+    while queue.counts()["failed"] < 2 and time.monotonic() < deadline:
+        if not worker.run_once():
+            time.sleep(0.05)
+    assert sorted(dead) == sorted([(exhausted, 2, "boom"), (refused, 1, "refused")])
+    assert queue.counts()["failed"] == 2
+
+
+def test_a_failing_dead_letter_callback_leaves_the_worker_running(queue: SqlJobQueue) -> None:
+    _defer(queue, "score", {"ecg_id": 1}, max_attempts=1)
+    _defer(queue, "decode", {"source_object_id": 1})
+    ran: list[str] = []
+
+    def broken(job, error):  # type: ignore[no-untyped-def]
+        raise RuntimeError("callback bug")
+
+    worker = Worker(queue)
+    worker.register("score", lambda jobs: {j.id: RuntimeError("boom") for j in jobs}, on_dead_letter=broken)
+    worker.register("decode", lambda jobs: ran.append("decode"))
+    worker.run_once()
+    assert ran == ["decode"] and queue.counts()["failed"] == 1

@@ -297,3 +297,103 @@ def test_muse_and_aecg_xml_mutated(kind: str, where: float, insert: bytes) -> No
     seed = _xml_seeds()[kind]
     i = int(where * len(seed))
     _verdict(f"xml-{kind}", seed[:i] + insert + seed[i:])
+
+
+# -- corrupt samples, sensitivities and sampling rates (issue 16): refused with a coded reason ----------------
+#: Sample values that overflow float32 millivolts (or are infinite already).
+OVERFLOWING_SAMPLES = st.sampled_from(["1e308", "-1e308", "1e42", "-3e41", "inf", "-inf", "Infinity"])
+NEGATIVE_SENSITIVITIES = st.floats(min_value=-1e300, max_value=-1e-300).map(lambda f: f"{f:.6g}")
+#: Rates outside 100–20,000 Hz, written so that rounding cannot bring them back into the range.
+IMPLAUSIBLE_RATES = st.one_of(
+    st.sampled_from(["1e9", "1e-9", "99.9", "20001", "1e308"]),
+    st.floats(min_value=1e-300, max_value=99.9).map(lambda f: f"{f:.6g}"),
+    st.floats(min_value=20001, max_value=1e300).map(lambda f: f"{f:.6g}"),
+)
+
+
+def _refused(target: str, data: bytes, code: str) -> None:
+    """Decode ``data``: a typed DecodeError, or an Ecg the gate refuses with ``code`` first — never scored."""
+    TRIED[target] += 1
+    try:
+        ecg = decode(data)
+    except DecodeError:
+        OUTCOMES[f"{target}:DecodeError"] += 1
+        return
+    verdict = check(ecg, GateSettings())
+    assert not verdict.scorable and verdict.codes[0] == code, verdict.to_dict()
+    assert verdict.window is None, "a corrupt record is never windowed"
+    OUTCOMES[f"{target}:{code}"] += 1
+
+
+@functools.cache
+def _chapter7_segments() -> tuple[bytes, ...]:
+    x = w.real_signal(250.0, seconds=2.0)
+    return tuple(w.write_hl7_oru_waveform(x, 250, array_type="NA").split(b"\r"))
+
+
+def _chapter7(kind: str, value: str, lead: int) -> bytes:
+    segments = [s.split(b"|") for s in _chapter7_segments()]
+    cd = [s for s in segments if s[0] == b"OBX" and s[2] == b"CD"]
+    na = [s for s in segments if s[0] == b"OBX" and s[2] == b"NA"]
+    if kind == "samples":
+        values = na[lead % len(na)][5].split(b"^")
+        values[len(values) // 2] = value.encode()
+        na[lead % len(na)][5] = b"^".join(values)
+    else:
+        for i, seg in enumerate(cd):
+            parts = seg[5].split(b"^")
+            if kind == "rate":
+                parts[4] = value.encode()
+            elif i == lead % len(cd):
+                parts[2] = value.encode() + b"&uV"
+            seg[5] = b"^".join(parts)
+    return b"\r".join(b"|".join(s) for s in segments)
+
+
+@FUZZ
+@given(
+    kind=st.sampled_from(["samples", "sensitivity", "rate"]),
+    sample=OVERFLOWING_SAMPLES,
+    sensitivity=NEGATIVE_SENSITIVITIES,
+    rate=IMPLAUSIBLE_RATES,
+    lead=st.integers(0, 11),
+)
+def test_hl7_chapter7_corrupt_samples_sensitivities_and_rates_are_refused(
+    kind: str, sample: str, sensitivity: str, rate: str, lead: int
+) -> None:
+    value = {"samples": sample, "sensitivity": sensitivity, "rate": rate}[kind]
+    code = {
+        "samples": "non_finite_samples",
+        "sensitivity": "bad_sensitivity",
+        "rate": "implausible_sampling_rate",
+    }
+    _refused("hl7-chapter7-corrupt", _chapter7(kind, value, lead), code[kind])
+
+
+@FUZZ
+@given(
+    kind=st.sampled_from(["sensitivity", "overflow", "rate"]),
+    sensitivity=NEGATIVE_SENSITIVITIES,
+    huge=st.floats(min_value=1e300, max_value=1e308).map(lambda f: f"{f:.6g}"),
+    rate=IMPLAUSIBLE_RATES.filter(lambda r: len(r) <= 12),
+    channel=st.integers(0, 11),
+)
+def test_dicom_corrupt_sensitivities_and_rates_are_refused(
+    kind: str, sensitivity: str, huge: str, rate: str, channel: int
+) -> None:
+    ds = copy.deepcopy(_small_dicom())
+    group = next(g for g in ds.WaveformSequence if g.WaveformOriginality == "ORIGINAL")
+    if kind == "rate":
+        group.SamplingFrequency = "987654.32109"  # overwritten in the file: pydicom holds only valid DS
+    else:
+        channels = group.ChannelDefinitionSequence
+        channels[channel % len(channels)].ChannelSensitivity = sensitivity if kind == "sensitivity" else huge
+    data = _save(ds)
+    if kind == "rate":
+        data = data.replace(b"987654.32109", rate.encode().ljust(12))
+    code = {
+        "sensitivity": "bad_sensitivity",
+        "overflow": "non_finite_samples",
+        "rate": "implausible_sampling_rate",
+    }
+    _refused("dicom-corrupt", data, code[kind])

@@ -86,6 +86,12 @@ class Ecg:
         Dialect notes: what the reader had to fix up.
     source_units:
         Units found in the source (e.g. ``"uV"``).
+    lead_names:
+        Row names of ``signal`` (always :data:`LEADS`).
+    channel_sensitivity:
+        Per recorded lead, the source's channel sensitivity times its correction factor (source units
+        per count; DICOM ChannelSensitivity × ChannelSensitivityCorrectionFactor, HL7 CD-3 × CD-4),
+        where the format declares one. The gate refuses a record where one is not a positive number.
     """
 
     signal: np.ndarray
@@ -97,6 +103,7 @@ class Ecg:
     notes: list[str] = dataclasses.field(default_factory=list)
     source_units: str | None = None
     lead_names: tuple[str, ...] = LEADS
+    channel_sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.signal.ndim != 2 or self.signal.shape[0] != len(LEADS):

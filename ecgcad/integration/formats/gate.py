@@ -3,19 +3,31 @@
 Each failed check adds a :class:`GateReason` with a stable code; an ECG with any reason is never scored and
 is reported as "not evaluated" with its reasons.
 
-=====================  ==========================================================================
-code                   meaning (default threshold; every threshold is a ``[gate]`` setting)
-=====================  ==========================================================================
-``too_few_leads``      fewer than 8 independent leads (two limb leads + the precordial leads found)
-``too_short``          record shorter than ``min_duration_s`` (10 s)
-``low_sampling_rate``  sampled below ``min_sampling_rate_hz`` (250 Hz)
-``flat_lead``          a recorded lead is flat (0.5–99.5 % range < 0.05 mV) or disconnected (> 50 % NaN)
-``saturation``         a recorded lead sits on its extreme value in > 2 % of samples (clipping)
-``noise``              robust SD of the > 40 Hz content of a lead > 0.1 mV (muscle, mains, contact)
-``baseline_wander``    range of the < 0.7 Hz content of a lead > 2 mV
-``pacemaker``          ≥ 3 pacing spikes (slope > 1 mV/ms, rebounding within 4 ms, on ≥ 2 leads)
-``underage``           patient younger than ``min_age_years`` (18)
-=====================  ==========================================================================
+===============================  ====================================================================
+code                             meaning (default threshold; every threshold is a ``[gate]`` setting)
+===============================  ====================================================================
+``implausible_sampling_rate``    a sampling rate that is not a number between 100 and 20,000 Hz
+                                 (:data:`PLAUSIBLE_SAMPLING_RATE_HZ`; a corrupt header, not a setting)
+``bad_sensitivity``              a recorded lead's channel sensitivity (× correction factor) is not a
+                                 positive finite number (corrupt channel definition)
+``non_finite_samples``           a lead holds infinite samples (values overflowed while scaling)
+``too_few_leads``                fewer than 8 independent leads (two limb leads + the precordial leads)
+``too_short``                    record shorter than ``min_duration_s`` (10 s)
+``low_sampling_rate``            sampled below ``min_sampling_rate_hz`` (250 Hz)
+``flat_lead``                    a recorded lead is flat (0.5–99.5 % range < 0.05 mV) or disconnected
+                                 (> 50 % NaN)
+``saturation``                   a recorded lead sits on its extreme value in > 2 % of samples (clipping)
+``noise``                        robust SD of the > 40 Hz content of a lead > 0.1 mV (muscle, mains)
+``baseline_wander``              range of the < 0.7 Hz content of a lead > 2 mV
+``pacemaker``                    ≥ 3 pacing spikes (slope > 1 mV/ms, rebounding within 4 ms, on ≥ 2 leads)
+``underage``                     patient younger than ``min_age_years`` (18)
+===============================  ====================================================================
+
+The first three are checked first: a record with a corrupt header or corrupt samples gets only those
+(and the age check); its signal is never windowed, filtered or scored. :data:`REASON_TEXTS` holds every
+code with the fixed short text a report carries (at most :data:`REPORT_TEXT_MAX` characters, so that it
+fits a DICOM Code Meaning and the HL7 CWE text whatever the ECG); :attr:`GateReason.text` is the long,
+specific sentence kept with the result.
 
 Age: the stated age (DICOM PatientAge, MUSE PatientAge) wins over the birth date; a birth date after the
 acquisition, more than 130 years before it, or unparsable, is treated as unknown; an unknown age passes with
@@ -28,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import math
 import re
 from typing import Any
 
@@ -36,11 +49,40 @@ import numpy as np
 from ecgcad.config import GateSettings
 from ecgcad.errors import NotScorableError
 from ecgcad.integration.formats.ecg import LEADS, TARGET_RATE_HZ, Ecg
-from ecgcad.integration.formats.signal import CanonicalSignal
+from ecgcad.integration.formats.signal import PLAUSIBLE_SAMPLING_RATE_HZ, CanonicalSignal
 
-__all__ = ["GateReason", "GateThresholds", "GateVerdict", "check", "patient_age_years"]
+__all__ = [
+    "PLAUSIBLE_SAMPLING_RATE_HZ",
+    "REASON_TEXTS",
+    "REPORT_TEXT_MAX",
+    "GateReason",
+    "GateThresholds",
+    "GateVerdict",
+    "check",
+    "patient_age_years",
+]
 
 _LIMB = set(LEADS[:6])
+
+#: Longest report text of a reason: a DICOM Code Meaning (LO) holds 64 characters.
+REPORT_TEXT_MAX = 64
+
+#: Every reason code the gate gives, in check order, with the fixed text a report shows for it
+#: ("not evaluated: <text>"); each fits :data:`REPORT_TEXT_MAX`, whatever the ECG.
+REASON_TEXTS: dict[str, str] = {
+    "implausible_sampling_rate": "sampling rate outside 100-20000 Hz (corrupt record)",
+    "bad_sensitivity": "channel sensitivity not a positive number (corrupt record)",
+    "non_finite_samples": "samples that are not finite numbers (corrupt record)",
+    "too_few_leads": "too few independent leads recorded",
+    "too_short": "record too short",
+    "low_sampling_rate": "sampling rate too low",
+    "flat_lead": "flat or disconnected lead",
+    "saturation": "clipped (saturated) lead",
+    "noise": "excessive high-frequency noise",
+    "baseline_wander": "excessive baseline wander",
+    "pacemaker": "paced rhythm, outside the intended use",
+    "underage": "patient below the intended-use age",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,11 +112,21 @@ class GateThresholds:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GateReason:
-    """Why an ECG is not scorable: a stable snake_case ``code`` and a human sentence."""
+    """Why an ECG is not scorable: a stable snake_case ``code`` and a human sentence.
+
+    Raises
+    ------
+    ValueError
+        ``code`` is not one of :data:`REASON_TEXTS` (every code has its report text).
+    """
 
     code: str
     text: str
     leads: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.code not in REASON_TEXTS:
+            raise ValueError(f"unknown gate reason code {self.code!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -136,6 +188,11 @@ def check(ecg: Ecg, settings: GateSettings | None = None, now: dt.date | None = 
     found = [name for name in ecg.source_leads if name in LEADS]
     rows = {name: LEADS.index(name) for name in found}
 
+    if _corrupt(ecg, reasons):
+        # Nothing in the signal can be judged (or windowed) on a corrupt header or corrupt samples.
+        _age(ecg, settings, now, verdict)
+        return verdict
+
     present = [n for n in found if not _disconnected(ecg.signal[rows[n]], th)]
     independent = min(2, len([n for n in present if n in _LIMB])) + len(
         [n for n in present if n not in _LIMB]
@@ -165,6 +222,44 @@ def check(ecg: Ecg, settings: GateSettings | None = None, now: dt.date | None = 
     _quality(ecg, settings, th, rows, verdict)
     _age(ecg, settings, now, verdict)
     return verdict
+
+
+def _corrupt(ecg: Ecg, reasons: list[GateReason]) -> bool:
+    """Add the reasons of a corrupt record (rate, sensitivity, non-finite samples); True if any."""
+    low, high = PLAUSIBLE_SAMPLING_RATE_HZ
+    rate = float(ecg.sampling_rate)
+    if not low <= rate <= high:  # also NaN and infinity
+        reasons.append(
+            GateReason(
+                "implausible_sampling_rate",
+                f"sampling rate {rate:.6g} Hz is outside {low:g}–{high:g} Hz; the record is corrupt",
+            )
+        )
+    bad = [
+        name
+        for name in LEADS
+        if name in ecg.channel_sensitivity
+        and not (math.isfinite(ecg.channel_sensitivity[name]) and ecg.channel_sensitivity[name] > 0)
+    ]
+    if bad:
+        reasons.append(
+            GateReason(
+                "bad_sensitivity",
+                "channel sensitivity is not a positive number on lead: " + ", ".join(bad),
+                tuple(bad),
+            )
+        )
+    infinite = np.isinf(ecg.signal).any(axis=1)
+    lost = [name for row, name in enumerate(LEADS) if infinite[row]]
+    if lost:
+        reasons.append(
+            GateReason(
+                "non_finite_samples",
+                "samples overflow to infinity on lead: " + ", ".join(lost),
+                tuple(lost),
+            )
+        )
+    return bool(reasons)
 
 
 def _disconnected(row: np.ndarray, th: GateThresholds) -> bool:

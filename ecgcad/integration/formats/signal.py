@@ -12,6 +12,9 @@ preprocessing recipe). Decisions made here, recorded in :class:`CanonicalSignal`
 - Window policy ``"first"``: the first 10 s. ``"best"``: the 10 s (on a 1-s grid) with the lowest quality
   cost — high-frequency noise plus baseline wander plus clipped samples over all leads. Shorter than 10 s:
   :class:`~ecgcad.errors.NotScorableError`.
+- A sampling rate outside :data:`PLAUSIBLE_SAMPLING_RATE_HZ` (a corrupt header: ``inf``, ``1e9``, ``1e-9``)
+  is :class:`~ecgcad.errors.NotScorableError` too, before any resampling (whose ratio would be 0, or whose
+  output would not fit in memory).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from ecgcad.integration.formats.ecg import TARGET_RATE_HZ, TARGET_SAMPLES, TARGE
 
 #: Window policies understood by :func:`canonical_window`.
 WINDOW_POLICIES: tuple[str, ...] = ("first", "best")
+
+#: Sampling rates (Hz, inclusive) a real resting ECG can have; anything else is a corrupt header.
+PLAUSIBLE_SAMPLING_RATE_HZ: tuple[float, float] = (100.0, 20000.0)
 
 
 @dataclasses.dataclass(slots=True)
@@ -130,13 +136,16 @@ def canonical_window(ecg: Ecg, policy: str = "first") -> CanonicalSignal:
     Raises
     ------
     NotScorableError
-        The record is shorter than 10 s.
+        The record is shorter than 10 s, or its sampling rate is not plausible.
     ValueError
         Unknown ``policy``.
     """
     if policy not in WINDOW_POLICIES:
         raise ValueError(f"unknown window policy {policy!r}; expected one of {WINDOW_POLICIES}")
     rate = float(ecg.sampling_rate)
+    low, high = PLAUSIBLE_SAMPLING_RATE_HZ
+    if not low <= rate <= high:
+        raise NotScorableError(f"sampling rate {rate:.6g} Hz is outside {low:g}–{high:g} Hz")
     if ecg.duration_s + 1e-9 < TARGET_SECONDS:
         raise NotScorableError(f"record is {ecg.duration_s:.2f} s long; {TARGET_SECONDS} s are needed")
     source = ecg.signal

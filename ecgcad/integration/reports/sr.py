@@ -82,7 +82,7 @@ from pydicom.filereader import read_partial
 from pydicom.filewriter import write_file_meta_info
 from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pydicom.valuerep import DA, DS, TM
+from pydicom.valuerep import DA, DS, DT, TM
 
 import ecgcad
 from ecgcad.errors import BuildError
@@ -221,8 +221,9 @@ def build_stenosis_sr(
     ------
     BuildError
         The input cannot be turned into a valid SR (bad predecessor, unknown SOP class, a value that
-        highdicom would refuse: manufacturer not a valid LO, source Patient's Sex / Birth Date / Study
-        Date / Study Time invalid, a required source attribute missing, a source SOP class without IOD).
+        highdicom would refuse: manufacturer not a valid LO, a required source attribute missing, a source
+        SOP class without IOD). Source dates, times and a Patient's Sex that do not parse are left out
+        (see :func:`source_evidence`), never a reason to refuse.
     """
     sop_class_uid = _SOP_CLASS_UIDS.get(sop_class)
     if sop_class_uid is None:
@@ -270,10 +271,11 @@ def source_evidence(inp: StenosisReportInput, *, uid_root: str | None = None) ->
     attributes of those modules in any IOD), read up to the last of them: the waveform, its annotations
     and private data are never parsed. Otherwise a stand-in is built from the identifiers (Patient and
     General Study modules; a Study Instance UID derived from the source key when the identifiers have
-    none).
+    none). Dates and times that do not parse, and a Patient's Sex other than M / F / O, are emptied
+    (left out): the report of an acknowledged ECG is never refused for a value the source got wrong.
     """
     if inp.source_dataset_bytes is not None:
-        return _read_source(inp.source_dataset_bytes), True
+        return _leave_out_unreadable(_read_source(inp.source_dataset_bytes)), True
     ident = inp.identifiers
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
@@ -303,7 +305,41 @@ def source_evidence(inp: StenosisReportInput, *, uid_root: str | None = None) ->
         "ecg-series", inp.uid_source_key, uid_root=uid_root
     )
     ds.Modality = "ECG"
-    return ds, False
+    return _leave_out_unreadable(ds), False
+
+
+#: Value checks of copied source values: a DA / DT / TM that does not parse (e.g. a birth date
+#: ``00000000``, "year 0 is out of range") and a Patient's Sex outside M / F / O are left out (emptied).
+_PARSERS = {"DA": DA, "DT": DT, "TM": TM}
+
+
+def _leave_out_unreadable(ds: Dataset) -> Dataset:
+    """Empty the top-level dates, times and Patient's Sex of ``ds`` that the SR could not carry.
+
+    They are copied from the source: a report is never refused for them (the ECG was acknowledged, so its
+    result must reach PACS and the EHR); the value is left out, as an unknown Type 2 value is.
+    """
+    left_out: list[str] = []
+    for elem in ds:
+        parse = _PARSERS.get(str(elem.VR))
+        value = elem.value
+        if elem.keyword == "PatientSex":
+            if value and str(value) not in ("M", "F", "O"):
+                elem.value = ""
+                left_out.append(elem.keyword)
+            continue
+        if parse is None or value is None or value == "":
+            continue
+        try:
+            for item in value if elem.VM > 1 else [value]:
+                if str(item).strip():
+                    parse(str(item).strip())
+        except (ValueError, TypeError, OverflowError):
+            elem.value = ""
+            left_out.append(elem.keyword)
+    if left_out:
+        logger.warning("source values the report cannot carry are left out: %s", ", ".join(left_out))
+    return ds
 
 
 # -- the source ---------------------------------------------------------------------------------------

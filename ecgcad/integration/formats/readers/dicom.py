@@ -189,6 +189,7 @@ class _Channel:
     scale: float  # sensitivity × correction × unit factor (mV per count)
     offset: float  # baseline in mV
     device_derived: bool
+    sensitivity: float  # ChannelSensitivity × correction factor, as the source states it (gate-checked)
 
 
 @dataclass(slots=True)
@@ -253,6 +254,7 @@ def read_dicom(data: bytes) -> Ecg:
         source_leads=found,
         notes=notes,
         source_units=group.units,
+        channel_sensitivity={c.lead: c.sensitivity for c in group.channels},
     )
 
 
@@ -393,6 +395,7 @@ def _group(index: int, node: Node) -> _Group:
                 sign * sensitivity * correction * factor,
                 sign * baseline * factor,
                 device_derived,
+                sensitivity * correction,
             )
         )
     units = ",".join(sorted(units_seen)) if units_seen else None
@@ -469,9 +472,11 @@ def _fill(group: _Group) -> tuple[np.ndarray, list[str], list[str]]:
     for c in group.channels:
         out = signal[LEAD_INDEX[c.lead]]
         col = raw[:, c.column]
-        np.multiply(col, np.float32(c.scale), out=out, dtype=np.float32, casting="unsafe")
-        if c.offset:
-            out += np.float32(c.offset)
+        # A corrupt scale may overflow float32: the samples become infinite and the gate refuses them.
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.multiply(col, np.float32(c.scale), out=out, dtype=np.float32, casting="unsafe")
+            if c.offset:
+                out += np.float32(c.offset)
         if pad is not None:
             mask = col == pad
             if mask.any():
@@ -482,7 +487,8 @@ def _fill(group: _Group) -> tuple[np.ndarray, list[str], list[str]]:
     by_device = [c.lead for c in group.channels if c.device_derived]
     if by_device:
         group.notes.append("leads coded as derived by the device: " + ", ".join(canonical_order(by_device)))
-    derived = complete_limb_leads(signal, present)
+    with np.errstate(over="ignore", invalid="ignore"):  # infinite samples stay for the gate to refuse
+        derived = complete_limb_leads(signal, present)
     return signal, canonical_order(present), derived
 
 

@@ -250,6 +250,7 @@ class _WaveChannel:
     offset: float
     rate: float | None
     unit: str
+    sensitivity: float  # CD-3 sensitivity × CD-4 correction, as the message states it (gate-checked)
 
 
 def _from_waveform(msg: Message, obx: list[Segment], notes: list[str]) -> Ecg:
@@ -298,6 +299,7 @@ def _from_waveform(msg: Message, obx: list[Segment], notes: list[str]) -> Ecg:
                     s * (baseline or 0.0) * factor,
                     rate,
                     unit,
+                    sensitivity * (correction or 1.0),
                 )
             )
         elif kind == "MA":
@@ -330,10 +332,12 @@ def _from_waveform(msg: Message, obx: list[Segment], notes: list[str]) -> Ecg:
     if n == 0:
         raise DecodeError("HL7 waveform has no samples")
     signal = np.full((len(LEADS), n), np.nan, dtype=np.float32)
-    for i, c in enumerate(channels):
-        signal[LEAD_INDEX[c.lead]] = samples[i] * c.scale + c.offset
-    present = {c.lead for c in channels}
-    derived = complete_limb_leads(signal, present)
+    # Samples that overflow float32 (e.g. 1e308) become infinite: the gate refuses them, coded.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, c in enumerate(channels):
+            signal[LEAD_INDEX[c.lead]] = samples[i] * c.scale + c.offset
+        present = {c.lead for c in channels}
+        derived = complete_limb_leads(signal, present)
     if derived:
         notes.append("limb leads derived: " + ", ".join(derived))
     return Ecg(
@@ -344,6 +348,7 @@ def _from_waveform(msg: Message, obx: list[Segment], notes: list[str]) -> Ecg:
         source_leads=canonical_order(present),
         notes=[],
         source_units=",".join(sorted({c.unit for c in channels})),
+        channel_sensitivity={c.lead: c.sensitivity for c in channels},
     )
 
 
