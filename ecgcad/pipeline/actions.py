@@ -80,7 +80,7 @@ def rescore_ecg(
     LookupError
         No such ECG.
     """
-    from ecgcad.pipeline.delivery import next_result_version
+    from ecgcad.pipeline.scoring import next_result_version
 
     with ctx.db.session() as session:
         ecg = session.get(EcgRecord, ecg_id)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from ecgcad.config import DestinationSettings
 from ecgcad.db import audit
@@ -33,7 +33,6 @@ from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, S
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.reports import build_report_input, report_read_session
-from ecgcad.vessels import VESSELS
 
 logger = logging.getLogger(__name__)
 
@@ -488,103 +487,6 @@ def make_deliver_handler(ctx: Any) -> Any:
     return handle
 
 
-def make_rescore_handler(ctx: Any) -> Any:
-    """The worker handler for ``rescore`` jobs: a new result version of the same ECG and model."""
-    from ecgcad.pipeline.scoring import create_deliveries, ensure_model_version, new_result, prepare
-
-    def handle(jobs: list[ClaimedJob]) -> None:
-        predictor = ctx.get_predictor()
-        for job in jobs:
-            ecg_id = int(job.payload["ecg_id"])
-            with ctx.db.read_session() as session:
-                ecg = session.get(EcgRecord, ecg_id)
-                if ecg is None:
-                    continue
-                prep = prepare(ctx, session, ecg)
-            prediction = predictor.predict(prep.signal[None])[0] if prep.signal is not None else None
-            with ctx.db.session() as session:
-                ecg = session.get(EcgRecord, ecg_id)
-                assert ecg is not None
-                mv = ensure_model_version(session, predictor)
-                last = (
-                    session.execute(
-                        select(Result)
-                        .where(
-                            Result.ecg_id == ecg_id,
-                            Result.model_version_id == mv.id,
-                            Result.shadow.is_(False),
-                        )
-                        .order_by(Result.result_version.desc())
-                    )
-                    .scalars()
-                    .first()
-                )
-                version = (last.result_version + 1) if last is not None else 1
-                if (
-                    last is not None
-                    and job.payload.get("target_version")
-                    and last.result_version >= int(job.payload["target_version"])
-                ):
-                    continue  # this rescore already ran (job re-run after a crash)
-                result = new_result(ctx, ecg_id, mv.id, version, predictor, prep, prediction)
-                session.add(result)
-                session.flush()
-                if last is not None:
-                    last.superseded_by_id = result.id
-                ecg.state = "scored" if result.scorable else "not_evaluated"
-                create_deliveries(ctx, session, result)
-                audit.record(
-                    session,
-                    "ecg.rescore",
-                    user=job.payload.get("requested_by"),
-                    patient_id=ecg.patient_id,
-                    issuer_of_patient_id=ecg.issuer_of_patient_id,
-                    study_instance_uid=ecg.study_instance_uid,
-                    ecg_id=ecg.id,
-                    detail={
-                        "result_id": result.id,
-                        "result_version": version,
-                        "model_version": result.model_version,
-                    },
-                )
-        return None
-
-    return handle
-
-
-def _thresholds(ctx: Any, predictor: Any) -> dict[str, float]:
-    th = getattr(predictor, "thresholds", None)
-    high = getattr(th, "high", None)
-    return {k: float(v) for k, v in dict(high).items()} if high else ctx.settings.thresholds.as_dict()
-
-
-def _apply_prediction(result: Result, prediction: Any) -> None:
-    probs = {v: float(prediction.probabilities[v]) for v in VESSELS}
-    flags = {v: bool(prediction.flags[v]) for v in VESSELS}
-    result.p_rca, result.p_lm, result.p_lad, result.p_lcx = (
-        probs["rca"],
-        probs["lm"],
-        probs["lad"],
-        probs["lcx"],
-    )
-    result.flag_rca, result.flag_lm, result.flag_lad, result.flag_lcx = (
-        flags["rca"],
-        flags["lm"],
-        flags["lad"],
-        flags["lcx"],
-    )
-    result.any_flagged = any(flags.values())
-    result.risk_bands = dict(getattr(prediction, "bands", {}) or {})
-
-
-def next_result_version(session: Any, ecg_id: int) -> int:
-    """The version a rescore of ``ecg_id`` will get."""
-    current = session.execute(
-        select(func.max(Result.result_version)).where(Result.ecg_id == ecg_id, Result.shadow.is_(False))
-    ).scalar()
-    return int(current or 0) + 1
-
-
 __all__ = [
     "SenderPool",
     "attempt_delivery",
@@ -592,7 +494,6 @@ __all__ = [
     "build_sender",
     "checkout_sender",
     "make_deliver_handler",
-    "make_rescore_handler",
     "make_sender",
     "sender_pool",
 ]

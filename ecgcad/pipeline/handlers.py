@@ -22,7 +22,7 @@ HANDLER_FACTORIES: dict[str, Callable[[AppContext], Handler]] = {
     "decode": scoring.make_decode_handler,
     "hl7": hl7_jobs.make_hl7_handler,
     "deliver": delivery.make_deliver_handler,
-    "rescore": delivery.make_rescore_handler,
+    "rescore": scoring.make_rescore_handler,
     "retention": maintenance.make_retention_handler,
     "maintenance": maintenance.make_maintenance_handler,
     "pacs_catch_up": backfill.make_pacs_catch_up_handler,

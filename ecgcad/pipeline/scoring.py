@@ -7,6 +7,10 @@ jobs are committed in one transaction per ECG. A re-run (after a crash between c
 the Result already there and only makes sure the deliveries exist: one result per ECG and model version.
 A ``score`` job that goes to the dead letter (:func:`settle_dead_score_job`) makes its ECG "not evaluated:
 processing error", with its reports, so that no acknowledged ECG waits in ``queued`` forever.
+
+This module owns results: their versions (``rescore`` jobs: :func:`make_rescore_handler`,
+:func:`next_result_version`), the thresholds they record and the deliveries they create; delivering them is
+:mod:`ecgcad.pipeline.delivery`'s.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import time
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, SourceObject
 from ecgcad.db.objects import source_bytes
-from ecgcad.errors import DecodeError, ModelError, NotScorableError
+from ecgcad.errors import DecodeError, ModelError
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
+from ecgcad.vessels import VESSELS
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +76,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def prepare(ctx: Any, session: Session, ecg: EcgRecord) -> _Prepared:
-    """Decode, gate and window one ECG; a failure becomes a coded not-evaluated reason."""
-    from ecgcad.integration.formats.gate import check
-    from ecgcad.integration.formats.readers import decode
-    from ecgcad.integration.formats.signal import canonical_window
+    """Decode, gate and window one ECG (:func:`~ecgcad.integration.formats.prepare.prepare_bytes`); a failure
+    becomes a coded not-evaluated reason."""
+    from ecgcad.integration.formats.prepare import prepare_bytes
 
     prep = _Prepared(job=None, ecg_id=ecg.id)  # type: ignore[arg-type]
     if ecg.decode_status == "failed":
@@ -84,24 +88,24 @@ def prepare(ctx: Any, session: Session, ecg: EcgRecord) -> _Prepared:
     try:
         if source is None or source.deleted_at is not None:
             raise DecodeError("the raw object is no longer stored")
-        decoded = decode(source_bytes(ctx.store, source))
+        prepared = prepare_bytes(source_bytes(ctx.store, source), ctx.settings.gate)
     except DecodeError as exc:
         prep.reason = ("decode_failed", str(exc))
         return prep
-    verdict = check(decoded, ctx.settings.gate)
-    prep.gate = verdict.to_dict()
-    if not verdict.scorable:
-        first = verdict.reasons[0]
-        prep.reason = (first.code, "; ".join(r.text for r in verdict.reasons))
+    if prepared.verdict is not None:
+        prep.gate = prepared.verdict.to_dict()
+    if prepared.failure == "decode":
+        prep.reason = ("decode_failed", prepared.failure_text)
         return prep
-    window = verdict.window  # the gate's window: the ECG is resampled once
-    if window is None:
-        try:
-            window = canonical_window(decoded, ctx.settings.gate.window_policy)
-        except NotScorableError as exc:
-            prep.reason = ("too_short", str(exc))
-            return prep
-    prep.signal = np.nan_to_num(np.asarray(window.signal, dtype=np.float32), nan=0.0)
+    if prepared.failure == "gate":
+        assert prepared.verdict is not None
+        prep.reason = (prepared.verdict.reasons[0].code, prepared.failure_text)
+        return prep
+    if prepared.failure == "window" or prepared.window is None:
+        prep.reason = ("too_short", prepared.failure_text)
+        return prep
+    window = prepared.window
+    prep.signal = prepared.signal
     prep.window = {
         "policy": window.policy,
         "start_s": float(window.start_s),
@@ -162,8 +166,6 @@ def new_result(
     shadow: bool = False,
 ) -> Result:
     """A Result row for one scoring (``prediction``) or a not-evaluated verdict (``prep.reason``)."""
-    from ecgcad.pipeline.delivery import _apply_prediction, _thresholds
-
     result = Result(
         ecg_id=ecg_id,
         model_version_id=model_version_id,
@@ -175,13 +177,13 @@ def new_result(
         checkpoint_sha256=predictor.checkpoint_sha256,
         demonstration=bool(predictor.demonstration),
         preprocessing=_jsonable(getattr(predictor, "recipe", None)),
-        thresholds=_thresholds(ctx, predictor),
+        thresholds=thresholds_in_force(ctx, predictor),
         window=prep.window,
     )
     if prediction is None:
         result.reason_code, result.reason_text = prep.reason or ("not_evaluated", "not evaluated")
     else:
-        _apply_prediction(result, prediction)
+        apply_prediction(result, prediction)
     return result
 
 
@@ -457,3 +459,101 @@ def make_decode_handler(ctx: Any) -> Any:
         return None
 
     return handle
+
+
+def make_rescore_handler(ctx: Any) -> Any:
+    """The worker handler for ``rescore`` jobs: a new result version of the same ECG and model."""
+
+    def handle(jobs: list[ClaimedJob]) -> None:
+        predictor = ctx.get_predictor()
+        for job in jobs:
+            ecg_id = int(job.payload["ecg_id"])
+            with ctx.db.read_session() as session:
+                ecg = session.get(EcgRecord, ecg_id)
+                if ecg is None:
+                    continue
+                prep = prepare(ctx, session, ecg)
+            prediction = predictor.predict(prep.signal[None])[0] if prep.signal is not None else None
+            with ctx.db.session() as session:
+                ecg = session.get(EcgRecord, ecg_id)
+                assert ecg is not None
+                mv = ensure_model_version(session, predictor)
+                last = (
+                    session.execute(
+                        select(Result)
+                        .where(
+                            Result.ecg_id == ecg_id,
+                            Result.model_version_id == mv.id,
+                            Result.shadow.is_(False),
+                        )
+                        .order_by(Result.result_version.desc())
+                    )
+                    .scalars()
+                    .first()
+                )
+                version = (last.result_version + 1) if last is not None else 1
+                if (
+                    last is not None
+                    and job.payload.get("target_version")
+                    and last.result_version >= int(job.payload["target_version"])
+                ):
+                    continue  # this rescore already ran (job re-run after a crash)
+                result = new_result(ctx, ecg_id, mv.id, version, predictor, prep, prediction)
+                session.add(result)
+                session.flush()
+                if last is not None:
+                    last.superseded_by_id = result.id
+                ecg.state = "scored" if result.scorable else "not_evaluated"
+                create_deliveries(ctx, session, result)
+                audit.record(
+                    session,
+                    "ecg.rescore",
+                    user=job.payload.get("requested_by"),
+                    patient_id=ecg.patient_id,
+                    issuer_of_patient_id=ecg.issuer_of_patient_id,
+                    study_instance_uid=ecg.study_instance_uid,
+                    ecg_id=ecg.id,
+                    detail={
+                        "result_id": result.id,
+                        "result_version": version,
+                        "model_version": result.model_version,
+                    },
+                )
+        return None
+
+    return handle
+
+
+def thresholds_in_force(ctx: Any, predictor: Any) -> dict[str, float]:
+    """The predictor's risk thresholds (or the configured ones when it has none), as recorded on results."""
+    th = getattr(predictor, "thresholds", None)
+    high = getattr(th, "high", None)
+    return {k: float(v) for k, v in dict(high).items()} if high else ctx.settings.thresholds.as_dict()
+
+
+def apply_prediction(result: Result, prediction: Any) -> None:
+    """Copy a prediction's probabilities, flags and risk bands onto ``result``."""
+    probs = {v: float(prediction.probabilities[v]) for v in VESSELS}
+    flags = {v: bool(prediction.flags[v]) for v in VESSELS}
+    result.p_rca, result.p_lm, result.p_lad, result.p_lcx = (
+        probs["rca"],
+        probs["lm"],
+        probs["lad"],
+        probs["lcx"],
+    )
+    result.flag_rca, result.flag_lm, result.flag_lad, result.flag_lcx = (
+        flags["rca"],
+        flags["lm"],
+        flags["lad"],
+        flags["lcx"],
+    )
+    result.any_flagged = any(flags.values())
+    result.risk_bands = dict(getattr(prediction, "bands", {}) or {})
+
+
+def next_result_version(session: Any, ecg_id: int) -> int:
+    """The version a rescore of ``ecg_id`` will get."""
+    current = session.execute(
+        select(func.max(Result.result_version)).where(Result.ecg_id == ecg_id, Result.shadow.is_(False))
+    ).scalar()
+    return int(current or 0) + 1
