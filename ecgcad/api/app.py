@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,8 +15,11 @@ from ecgcad.api.routes import include_routes
 from ecgcad.api.security import SecurityHeadersMiddleware
 from ecgcad.pipeline.status import destination_states
 
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
-def readiness(ctx: Any) -> tuple[bool, dict[str, Any]]:
+
+def readiness(ctx: AppContext) -> tuple[bool, dict[str, Any]]:
     """Readiness checks: database, listeners bound, worker alive, model loaded, destinations' last state."""
     checks: dict[str, Any] = {"database": ctx.db.ping()}
     for name in ("dicom", "hl7", "worker", "scheduler"):
@@ -33,7 +36,7 @@ def readiness(ctx: Any) -> tuple[bool, dict[str, Any]]:
     return all(essential), checks
 
 
-def create_app(ctx: Any) -> FastAPI:
+def create_app(ctx: AppContext) -> FastAPI:
     """Build the app around an :class:`~ecgcad.context.AppContext`."""
     # No anonymous /docs, /redoc or /openapi.json: ecgcad.api.docs serves them behind authentication.
     app = FastAPI(

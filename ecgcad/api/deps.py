@@ -9,12 +9,15 @@ address. Dashboard pages use :func:`require_page`, which sends the browser to th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 
 from ecgcad.api.auth import COOKIE_NAME, Principal, authenticate
 from ecgcad.db import audit
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 
 class LoginRequired(Exception):
@@ -54,7 +57,7 @@ def resolve(request: Request, roles: tuple[str, ...]) -> Principal | str:
 
     Returns the principal, or ``"unauthenticated"`` / ``"forbidden"`` after recording the refusal.
     """
-    ctx: Any = request.app.state.ctx
+    ctx: AppContext = request.app.state.ctx
     address = client_address(request)
     with ctx.db.session() as s:
         row = authenticate(s, bearer_token(request))

@@ -9,7 +9,7 @@ script (by nonce) — the rest of the app keeps the strict policy of :mod:`ecgca
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -17,6 +17,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from ecgcad.api.auth import EVERYONE, Principal
 from ecgcad.api.deps import require, require_page
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 OPENAPI_URL = "/openapi.json"
 CDN = "https://cdn.jsdelivr.net"
@@ -38,7 +41,7 @@ def _viewer(page: HTMLResponse) -> HTMLResponse:
     return HTMLResponse(html, headers={"Content-Security-Policy": docs_policy(nonce)})
 
 
-def include_docs(app: FastAPI, ctx: Any) -> None:
+def include_docs(app: FastAPI, ctx: AppContext) -> None:
     """Add the authenticated documentation routes to ``app`` unless ``[api] docs`` is false.
 
     Parameters

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
 from ecgcad.db.models import Delivery, EcgRecord, Result, SourceObject
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 
 def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
@@ -16,7 +19,7 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     return f"{name} {value}"
 
 
-def render_metrics(ctx: Any) -> str:
+def render_metrics(ctx: AppContext) -> str:
     """The metrics page."""
     from ecgcad.pipeline.delivery import CONTENT_ERROR_PREFIX
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -12,8 +12,11 @@ from fastapi.staticfiles import StaticFiles
 from ecgcad.api import dashboard, v1
 from ecgcad.api.deps import LoginRequired, PageForbidden
 
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
-def include_routes(app: FastAPI, ctx: Any) -> None:
+
+def include_routes(app: FastAPI, ctx: AppContext) -> None:
     """Add the API routers, the dashboard and the refusal handlers to ``app``."""
     app.include_router(v1.router)
     app.include_router(dashboard.router)

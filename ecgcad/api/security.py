@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
@@ -34,6 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ecgcad.api.auth import COOKIE_NAME
 from ecgcad.db import audit
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +161,7 @@ async def _submitted_token(request: Request) -> str:
 
 
 def _audit_refusal(request: Request, reason: str) -> None:
-    ctx: Any = request.app.state.ctx
+    ctx: AppContext = request.app.state.ctx
     with ctx.db.session() as s:
         audit.record(
             s,

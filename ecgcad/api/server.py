@@ -6,9 +6,12 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import uvicorn
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +19,7 @@ logger = logging.getLogger(__name__)
 class ApiServer:
     """The API as a start/stop component bound to ``[api] host``/``port`` (0 = ephemeral)."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         from ecgcad.api.app import create_app
 
         self.ctx = ctx

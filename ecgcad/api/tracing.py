@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ecgcad.db.models import EcgRecord, SourceObject
 from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, StorageError
 
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
-def tracing_png(ctx: Any, ecg: EcgRecord, source: SourceObject) -> bytes:
+
+def tracing_png(ctx: AppContext, ecg: EcgRecord, source: SourceObject) -> bytes:
     """Decode the ECG's stored source object and plot its 12 leads.
 
     Raises

@@ -30,7 +30,7 @@ import secrets
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, select
 
@@ -40,6 +40,9 @@ from ecgcad.db.models import AuditEvent
 from ecgcad.db.prepared import Prepared
 from ecgcad.db.session import Database
 from ecgcad.errors import AuditIntegrityError
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +337,7 @@ class AuditCheckpointer:
         gets each checkpoint).
     """
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.path = ctx.settings.audit_checkpoint_file
         self.interval_s = float(ctx.settings.audit.checkpoint_interval_s)

@@ -18,12 +18,15 @@ import logging
 import socket
 import ssl
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from sqlalchemy import select
 
 from ecgcad.db.models import AuditEvent, KvState, utcnow
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ def checkpoint_frame(checkpoint: Any, *, app_name: str, hostname: str | None = N
 class AuditSyslogForwarder:
     """A start/stop component that forwards new audit events to the configured repository."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.settings = ctx.settings.audit_syslog
         self._stop = threading.Event()

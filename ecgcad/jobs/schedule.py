@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
 
-def _enqueue_periodic(ctx: Any, kind: str, period_s: int) -> None:
+def _enqueue_periodic(ctx: AppContext, kind: str, period_s: int) -> None:
     stamp = int(dt.datetime.now(dt.UTC).timestamp()) // period_s
     try:
         with ctx.db.session() as s:
@@ -23,7 +26,7 @@ def _enqueue_periodic(ctx: Any, kind: str, period_s: int) -> None:
         logger.warning("could not enqueue scheduled %s", kind, exc_info=True)
 
 
-def _enqueue_pacs_catch_up(ctx: Any, source: str, period_s: int) -> None:
+def _enqueue_pacs_catch_up(ctx: AppContext, source: str, period_s: int) -> None:
     stamp = int(dt.datetime.now(dt.UTC).timestamp()) // period_s
     try:
         with ctx.db.session() as s:
@@ -37,7 +40,7 @@ def _enqueue_pacs_catch_up(ctx: Any, source: str, period_s: int) -> None:
         logger.warning("could not enqueue PACS catch-up for %s", source, exc_info=True)
 
 
-def _requeue_stalled(ctx: Any) -> None:
+def _requeue_stalled(ctx: AppContext) -> None:
     try:
         n = ctx.queue.requeue_stalled()
         if n:
@@ -49,7 +52,7 @@ def _requeue_stalled(ctx: Any) -> None:
 class Schedule:
     """A started/stoppable APScheduler with ecgcad's jobs."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.scheduler = BackgroundScheduler(
             timezone=dt.UTC, job_defaults={"coalesce": True, "max_instances": 1}
@@ -90,6 +93,6 @@ class Schedule:
         return [j.id for j in self.scheduler.get_jobs()]
 
 
-def build_scheduler(ctx: Any) -> Schedule:
+def build_scheduler(ctx: AppContext) -> Schedule:
     """The schedule for ``ctx``."""
     return Schedule(ctx)

@@ -6,7 +6,7 @@ Each action is audited with who asked (user, role, client address).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -14,11 +14,14 @@ from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, Result
 from ecgcad.errors import QueueError
 
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
+
 logger = logging.getLogger(__name__)
 
 
 def resend_delivery(
-    ctx: Any, delivery_id: int, *, user: str, role: str | None = None, address: str | None = None
+    ctx: AppContext, delivery_id: int, *, user: str, role: str | None = None, address: str | None = None
 ) -> dict[str, Any]:
     """Queue one more delivery of the same object (same SOP Instance UID; a new MSH-10 for an ORU).
 
@@ -71,7 +74,7 @@ def resend_delivery(
 
 
 def rescore_ecg(
-    ctx: Any, ecg_id: int, *, user: str, role: str | None = None, address: str | None = None
+    ctx: AppContext, ecg_id: int, *, user: str, role: str | None = None, address: str | None = None
 ) -> dict[str, Any]:
     """Queue a rescore: a new result version, delivered as a correction.
 
@@ -111,7 +114,7 @@ def rescore_ecg(
     return {"ecg_id": ecg_id, "job_id": job_id, "result_version": target}
 
 
-def report_pdf(ctx: Any, ecg_id: int) -> bytes:
+def report_pdf(ctx: AppContext, ecg_id: int) -> bytes:
     """The PDF report of the ECG's current (newest, non-shadow) result.
 
     Raises
@@ -145,7 +148,7 @@ def _now_token() -> str:
     return str(time.time_ns())
 
 
-def _wake(ctx: Any) -> None:
+def _wake(ctx: AppContext) -> None:
     worker = ctx.components.get("worker")
     if worker is not None:
         worker.wake()

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from sqlalchemy import select
@@ -32,6 +32,9 @@ from sqlalchemy import select
 from ecgcad.db.models import EcgRecord, KvState, SourceObject, utcnow
 from ecgcad.errors import BackPressureError, DecodeError, DeliveryError
 from ecgcad.jobs.queue import ClaimedJob
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +72,14 @@ class BackfillReport:
 
 
 # -- markers -----------------------------------------------------------------------------------------------
-def get_marker(ctx: Any, key: str) -> dict[str, Any] | None:
+def get_marker(ctx: AppContext, key: str) -> dict[str, Any] | None:
     """The ``KvState`` value under ``key``."""
     with ctx.db.session() as session:
         row = session.get(KvState, key)
         return dict(row.value) if row is not None else None
 
 
-def set_marker(ctx: Any, key: str, value: dict[str, Any]) -> None:
+def set_marker(ctx: AppContext, key: str, value: dict[str, Any]) -> None:
     """Store ``value`` under ``key`` in ``KvState``."""
     with ctx.db.session() as session:
         row = session.get(KvState, key)
@@ -113,7 +116,7 @@ def walk_sorted(root: Path) -> Iterator[Path]:
 
 
 def backfill_folder(
-    ctx: Any,
+    ctx: AppContext,
     path: str | os.PathLike[str],
     *,
     since: dt.date | None = None,
@@ -330,9 +333,9 @@ class PacsClient:
         return completed
 
 
-def _unseen(ctx: Any, instances: list[PacsInstance]) -> list[PacsInstance]:
+def _unseen(ctx: AppContext, instances: list[PacsInstance]) -> list[PacsInstance]:
     uids = [i.sop_instance_uid for i in instances]
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     with ctx.db.session() as session:
         for start in range(0, len(uids), 500):
             chunk = uids[start : start + 500]
@@ -353,7 +356,7 @@ def _unseen(ctx: Any, instances: list[PacsInstance]) -> list[PacsInstance]:
     return [i for i in instances if i.sop_instance_uid not in seen]
 
 
-def _store_handler(ctx: Any, report: BackfillReport) -> Callable[[Any], int]:
+def _store_handler(ctx: AppContext, report: BackfillReport) -> Callable[[Any], int]:
     """A C-STORE handler (C-GET sub-operations): decode, then ingest as kind ``pacs``."""
     from ecgcad.integration.formats.readers import decode
 
@@ -390,7 +393,7 @@ def _store_handler(ctx: Any, report: BackfillReport) -> Callable[[Any], int]:
 
 
 def backfill_pacs(
-    ctx: Any,
+    ctx: AppContext,
     name: str,
     *,
     since: dt.date | None = None,
@@ -426,7 +429,7 @@ def backfill_pacs(
     return report
 
 
-def pacs_catch_up(ctx: Any, name: str, *, now: dt.datetime | None = None) -> BackfillReport:
+def pacs_catch_up(ctx: AppContext, name: str, *, now: dt.datetime | None = None) -> BackfillReport:
     """One catch-up run for PACS ``name``: since the day before the last successful run."""
     now = now or utcnow()
     key = f"pacs:{name}:last_run"
@@ -438,7 +441,7 @@ def pacs_catch_up(ctx: Any, name: str, *, now: dt.datetime | None = None) -> Bac
     return report
 
 
-def make_pacs_catch_up_handler(ctx: Any) -> Any:
+def make_pacs_catch_up_handler(ctx: AppContext) -> Any:
     """The worker handler for ``pacs_catch_up`` jobs (payload ``{"source": name}``)."""
 
     def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException] | None:

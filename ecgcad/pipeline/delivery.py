@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -33,6 +33,9 @@ from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, S
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.reports import build_report_input, report_read_session
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -177,19 +180,19 @@ class SenderPool:
 _POOL_LOCK = threading.Lock()
 
 
-def sender_pool(ctx: Any) -> SenderPool:
+def sender_pool(ctx: AppContext) -> SenderPool:
     """The context's :class:`SenderPool` (created on first use; ``ctx.close()`` closes it)."""
-    pool = getattr(ctx, "sender_pool", None)
+    pool = ctx.sender_pool
     if pool is None:
         with _POOL_LOCK:
-            pool = getattr(ctx, "sender_pool", None)
+            pool = ctx.sender_pool
             if pool is None:
                 pool = ctx.sender_pool = SenderPool(_spool_dir(ctx))
     return pool  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager
-def checkout_sender(ctx: Any, dest: DestinationSettings) -> Iterator[Sender]:
+def checkout_sender(ctx: AppContext, dest: DestinationSettings) -> Iterator[Sender]:
     """The sender for one attempt to ``dest``: lent from the context's pool for the ``with`` block.
 
     Tests replace it through ``ctx.sender_factory`` (called for every attempt, nothing pooled or closed).
@@ -202,23 +205,20 @@ def checkout_sender(ctx: Any, dest: DestinationSettings) -> Iterator[Sender]:
         yield sender
 
 
-def make_sender(ctx: Any, dest: DestinationSettings) -> Sender:
+def make_sender(ctx: AppContext, dest: DestinationSettings) -> Sender:
     """A new sender of its own for ``dest`` (not pooled: the caller closes it); honours ``ctx.sender_factory``.
 
     Deliveries use :func:`checkout_sender`.
     """
     factory = ctx.sender_factory
     if factory is not None:
-        return factory(dest)  # type: ignore[no-any-return]
+        return factory(dest)
     return build_sender(dest, calling_ae=ctx.settings.dicom.ae_title, spool_dir=_spool_dir(ctx))
 
 
-def _spool_dir(ctx: Any) -> Path | None:
+def _spool_dir(ctx: AppContext) -> Path | None:
     """``<data_dir>/spool`` (mode 0700): objects being sent stay with the rest of the service's data."""
-    data_dir = getattr(getattr(ctx, "settings", None), "data_dir", None)
-    if data_dir is None:
-        return None
-    path = Path(data_dir) / "spool"
+    path = Path(ctx.settings.data_dir) / "spool"
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
@@ -228,7 +228,7 @@ def _spool_dir(ctx: Any) -> Path | None:
 
 
 def build_payload(
-    ctx: Any, session: Any, delivery: Delivery, result: Result, dest: DestinationSettings
+    ctx: AppContext, session: Any, delivery: Delivery, result: Result, dest: DestinationSettings
 ) -> tuple[Any, str]:
     """The object to send and its identifier (SOP Instance UID or MSH-10).
 
@@ -277,7 +277,7 @@ def build_payload(
     raise BuildError(f"unknown object kind {delivery.object_kind!r}")
 
 
-def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> SendOutcome | None:
+def attempt_delivery(ctx: AppContext, delivery_id: int, *, final_attempt: bool) -> SendOutcome | None:
     """Make one attempt; return the outcome (``None`` when there is nothing to send)."""
     from ecgcad.pipeline.telemetry import TELEMETRY
 
@@ -366,7 +366,9 @@ def attempt_delivery(ctx: Any, delivery_id: int, *, final_attempt: bool) -> Send
     return outcome
 
 
-def _content_error(ctx: Any, delivery_id: int, dest: DestinationSettings, exc: Exception) -> SendOutcome:
+def _content_error(
+    ctx: AppContext, delivery_id: int, dest: DestinationSettings, exc: Exception
+) -> SendOutcome:
     """The object of a delivery could not be built: ``failed`` for good, audited, counted and logged as an
     error (an alert: a result that does not reach its destination), not as a quiet refusal."""
     from ecgcad.pipeline.telemetry import TELEMETRY
@@ -411,7 +413,7 @@ def _content_error(ctx: Any, delivery_id: int, dest: DestinationSettings, exc: E
     return SendOutcome.permanent(response)
 
 
-def waiting_for_earlier(ctx: Any, delivery_id: int) -> bool:
+def waiting_for_earlier(ctx: AppContext, delivery_id: int) -> bool:
     """For a destination with ``ordered_per_patient``: True (and the delivery re-queued shortly) while an
     earlier delivery of the same patient to the same destination is still on its way."""
     with ctx.db.session() as session:
@@ -464,7 +466,7 @@ def waiting_for_earlier(ctx: Any, delivery_id: int) -> bool:
         return True
 
 
-def make_deliver_handler(ctx: Any) -> Any:
+def make_deliver_handler(ctx: AppContext) -> Any:
     """The worker handler for ``deliver`` jobs."""
 
     def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException | None]:

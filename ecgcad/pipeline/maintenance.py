@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, exists, select, text
 from sqlalchemy.orm import Session
@@ -31,6 +31,9 @@ from ecgcad.db.models import (
     utcnow,
 )
 from ecgcad.jobs.queue import ClaimedJob
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ def _deletable(kind: str, cutoff: dt.datetime) -> Any:
     )
 
 
-def apply_retention(ctx: Any, *, now: dt.datetime | None = None) -> dict[str, int]:
+def apply_retention(ctx: AppContext, *, now: dt.datetime | None = None) -> dict[str, int]:
     """Delete raw objects past their retention; return how many per kind.
 
     Parameters
@@ -121,7 +124,7 @@ def apply_retention(ctx: Any, *, now: dt.datetime | None = None) -> dict[str, in
     return deleted
 
 
-def make_retention_handler(ctx: Any) -> Any:
+def make_retention_handler(ctx: AppContext) -> Any:
     """The worker handler for ``retention`` jobs."""
 
     def handle(jobs: list[ClaimedJob]) -> None:
@@ -139,7 +142,7 @@ def _set_marker(session: Session, key: str, value: dict[str, Any]) -> None:
         row.value = value
 
 
-def run_maintenance(ctx: Any, *, vacuum: bool | None = None) -> dict[str, Any]:
+def run_maintenance(ctx: AppContext, *, vacuum: bool | None = None) -> dict[str, Any]:
     """Database upkeep: SQLite WAL checkpoint, ``ANALYZE`` and (when worth it) ``VACUUM``; PostgreSQL ``ANALYZE``.
 
     Parameters
@@ -184,7 +187,7 @@ def run_maintenance(ctx: Any, *, vacuum: bool | None = None) -> dict[str, Any]:
     return report
 
 
-def make_maintenance_handler(ctx: Any) -> Any:
+def make_maintenance_handler(ctx: AppContext) -> Any:
     """The worker handler for ``maintenance`` jobs (payload may hold ``{"vacuum": true}``)."""
 
     def handle(jobs: list[ClaimedJob]) -> None:

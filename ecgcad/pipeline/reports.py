@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -18,6 +18,9 @@ from ecgcad.errors import DecodeError, EcgcadError, StorageError
 from ecgcad.integration.formats.ecg import EcgIdentifiers
 from ecgcad.integration.reports.content import PredecessorReference, StenosisReportInput, result_uids
 from ecgcad.vessels import VESSELS
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def _identifiers(ecg: EcgRecord) -> EcgIdentifiers:
     )
 
 
-def _canonical_signal(ctx: Any, raw: bytes) -> np.ndarray | None:
+def _canonical_signal(ctx: AppContext, raw: bytes) -> np.ndarray | None:
     from ecgcad.integration.formats.prepare import prepare_bytes
 
     try:
@@ -129,7 +132,7 @@ def _canonical_signal(ctx: Any, raw: bytes) -> np.ndarray | None:
 
 
 def _explanations(
-    ctx: Any, session: Session, result: Result, signal: np.ndarray
+    ctx: AppContext, session: Session, result: Result, signal: np.ndarray
 ) -> dict[str, list[dict[str, Any]]] | None:
     """Top windows per vessel; computed once with the result's model and cached on the result row."""
     if not result.scorable:
@@ -156,7 +159,7 @@ def _explanations(
 
 
 @contextlib.contextmanager
-def report_read_session(ctx: Any) -> Iterator[Session]:
+def report_read_session(ctx: AppContext) -> Iterator[Session]:
     """A session to build reports in: read-only, so it holds no write lock while a report is built.
 
     Explanations that :func:`build_report_input` computes in it are cached on their result rows after
@@ -186,7 +189,7 @@ def report_read_session(ctx: Any) -> Iterator[Session]:
 
 
 def build_report_input(
-    ctx: Any, session: Session, result: Result, *, with_signal: bool = False
+    ctx: AppContext, session: Session, result: Result, *, with_signal: bool = False
 ) -> StenosisReportInput:
     """The report input of ``result`` (the tracing, explanations and median beats when ``with_signal``).
 
@@ -242,7 +245,7 @@ def build_report_input(
 
 
 def _input(
-    ctx: Any,
+    ctx: AppContext,
     ecg: EcgRecord,
     result: Result,
     source_dataset: bytes | None,
@@ -284,7 +287,7 @@ def _input(
     )
 
 
-def report_pdf_for_result(ctx: Any, session: Session, result: Result) -> bytes:
+def report_pdf_for_result(ctx: AppContext, session: Session, result: Result) -> bytes:
     """The one-page PDF report of ``result``."""
     from ecgcad.integration.reports.pdf import render_report_pdf
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -31,6 +31,9 @@ from ecgcad.errors import DecodeError, ModelError
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 from ecgcad.vessels import VESSELS
+
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def _jsonable(value: Any) -> Any:
         return None
 
 
-def prepare(ctx: Any, session: Session, ecg: EcgRecord) -> _Prepared:
+def prepare(ctx: AppContext, session: Session, ecg: EcgRecord) -> _Prepared:
     """Decode, gate and window one ECG (:func:`~ecgcad.integration.formats.prepare.prepare_bytes`); a failure
     becomes a coded not-evaluated reason."""
     from ecgcad.integration.formats.prepare import prepare_bytes
@@ -115,7 +118,7 @@ def prepare(ctx: Any, session: Session, ecg: EcgRecord) -> _Prepared:
     return prep
 
 
-def create_deliveries(ctx: Any, session: Session, result: Result) -> list[int]:
+def create_deliveries(ctx: AppContext, session: Session, result: Result) -> list[int]:
     """Delivery rows (and their jobs) for every enabled destination and object kind; idempotent."""
     created: list[int] = []
     if result.shadow:
@@ -155,7 +158,7 @@ def create_deliveries(ctx: Any, session: Session, result: Result) -> list[int]:
 
 
 def new_result(
-    ctx: Any,
+    ctx: AppContext,
     ecg_id: int,
     model_version_id: int,
     result_version: int,
@@ -188,7 +191,7 @@ def new_result(
 
 
 def _store_result(
-    ctx: Any,
+    ctx: AppContext,
     session: Session,
     prep: _Prepared,
     predictor: Any,
@@ -274,7 +277,7 @@ def _predict_halving(
         return {**first, **second}, {**failed_first, **failed_second}
 
 
-def _model_failed(ctx: Any, exc: BaseException) -> None:
+def _model_failed(ctx: AppContext, exc: BaseException) -> None:
     """Remember the model failure for readiness (``checks.model_error``)."""
     try:
         ctx.model_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -282,7 +285,7 @@ def _model_failed(ctx: Any, exc: BaseException) -> None:
         pass
 
 
-def make_score_handler(ctx: Any) -> Any:
+def make_score_handler(ctx: AppContext) -> Any:
     """The worker handler for ``score`` micro-batches."""
 
     def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException | None]:
@@ -319,7 +322,7 @@ def make_score_handler(ctx: Any) -> Any:
             TELEMETRY.observe_inference(time.perf_counter() - t0, len(scorable))
             if model_failures:
                 _model_failed(ctx, next(iter(model_failures.values())))
-            elif getattr(ctx, "model_error", None) is not None:
+            elif ctx.model_error is not None:
                 logger.info("model %s predicts again", predictor.model_version)
                 ctx.model_error = None
         for prep in preps:
@@ -327,7 +330,7 @@ def make_score_handler(ctx: Any) -> Any:
                 # Not a not-evaluated verdict: the ECG stays queued and its job is retried with backoff.
                 failures[prep.job.id] = ModelError(f"prediction failed: {model_failures[prep.ecg_id]}")
         preps = [p for p in preps if p.ecg_id not in model_failures]
-        shadow = getattr(ctx, "shadow_predictor", None)
+        shadow = ctx.shadow_predictor
         shadow_out: dict[int, Any] = {}
         if shadow is not None and scorable:
             try:
@@ -371,7 +374,7 @@ def make_score_handler(ctx: Any) -> Any:
 PROCESSING_ERROR = "processing_error"
 
 
-def settle_dead_score_job(ctx: Any, job: ClaimedJob, error: BaseException) -> None:
+def settle_dead_score_job(ctx: AppContext, job: ClaimedJob, error: BaseException) -> None:
     """Give the ECG of a ``score`` job that went to the dead letter its final state.
 
     It gets a "not evaluated: processing error" result of the active model, whose reports (SR, PDF, ORU)
@@ -413,7 +416,7 @@ def settle_dead_score_job(ctx: Any, job: ClaimedJob, error: BaseException) -> No
         ctx.wake()  # its deliveries were queued
 
 
-def make_score_dead_letter_handler(ctx: Any) -> Any:
+def make_score_dead_letter_handler(ctx: AppContext) -> Any:
     """The worker's ``on_dead_letter`` callback for ``score`` jobs (:func:`settle_dead_score_job`)."""
 
     def on_dead_letter(job: ClaimedJob, error: BaseException) -> None:
@@ -422,7 +425,7 @@ def make_score_dead_letter_handler(ctx: Any) -> Any:
     return on_dead_letter
 
 
-def make_decode_handler(ctx: Any) -> Any:
+def make_decode_handler(ctx: AppContext) -> Any:
     """The worker handler for ``decode`` jobs (files dropped or ingested by the CLI / PACS poll)."""
 
     def handle(jobs: list[ClaimedJob]) -> None:
@@ -461,7 +464,7 @@ def make_decode_handler(ctx: Any) -> Any:
     return handle
 
 
-def make_rescore_handler(ctx: Any) -> Any:
+def make_rescore_handler(ctx: AppContext) -> Any:
     """The worker handler for ``rescore`` jobs: a new result version of the same ECG and model."""
 
     def handle(jobs: list[ClaimedJob]) -> None:
@@ -524,7 +527,7 @@ def make_rescore_handler(ctx: Any) -> Any:
     return handle
 
 
-def thresholds_in_force(ctx: Any, predictor: Any) -> dict[str, float]:
+def thresholds_in_force(ctx: AppContext, predictor: Any) -> dict[str, float]:
     """The predictor's risk thresholds (or the configured ones when it has none), as recorded on results."""
     th = getattr(predictor, "thresholds", None)
     high = getattr(th, "high", None)

@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Any
 
+from ecgcad.context import AppContext
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,7 +37,6 @@ def _child_main(settings_data: dict[str, Any], index: int, parent_pid: int, wake
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     from ecgcad.config import load_settings
-    from ecgcad.context import AppContext
     from ecgcad.jobs.worker import Worker
     from ecgcad.logsetup import configure_logging
     from ecgcad.pipeline.handlers import register_handlers, warm_up
@@ -70,7 +71,7 @@ def _child_main(settings_data: dict[str, Any], index: int, parent_pid: int, wake
 class DeliveryProcess:
     """One spawned delivery worker process (a start/stop component of ``ecgcad serve``)."""
 
-    def __init__(self, ctx: Any, index: int) -> None:
+    def __init__(self, ctx: AppContext, index: int) -> None:
         self.ctx = ctx
         self.index = index
         self._mp = mp.get_context("spawn")
