@@ -15,6 +15,7 @@ from ecgcad.errors import BackPressureError
 from ecgcad.integration.formats.ecg import Ecg, EcgIdentifiers
 from ecgcad.jobs.queue import SqlJobQueue
 from ecgcad.pipeline.ingest import Ingestor
+from tests.helpers import count_rows
 
 
 def _ecg(uid: str = "1.2.3.4") -> Ecg:
@@ -31,11 +32,6 @@ def _ecg(uid: str = "1.2.3.4") -> Ecg:
 @pytest.fixture
 def ingestor(db: Database, tmp_path: Path) -> Ingestor:
     return Ingestor(db, ObjectStore(tmp_path / "objects"), SqlJobQueue(db))
-
-
-def _count(db: Database, model: type) -> int:
-    with db.session() as s:
-        return int(s.execute(select(func.count()).select_from(model)).scalar_one())
 
 
 def test_dicom_ingest_commits_object_ecg_job_and_audit_together(ingestor: Ingestor, db: Database) -> None:
@@ -61,7 +57,7 @@ def test_identical_bytes_are_a_duplicate_and_not_queued_again(ingestor: Ingestor
     first = ingestor.ingest_dicom(b"same", sop_class_uid=None, sop_instance_uid="1.2.3.4", ecg=_ecg())
     second = ingestor.ingest_dicom(b"same", sop_class_uid=None, sop_instance_uid="1.2.3.4", ecg=_ecg())
     assert second.duplicate and second.job_id is None and second.ecg_id == first.ecg_id
-    assert _count(db, Job) == 1 and _count(db, EcgRecord) == 1
+    assert count_rows(db, Job) == 1 and count_rows(db, EcgRecord) == 1
 
 
 def test_same_uid_with_different_bytes_is_a_new_audited_version(ingestor: Ingestor, db: Database) -> None:
@@ -91,7 +87,7 @@ def test_hl7_retransmission_is_acknowledged_without_a_second_job(ingestor: Inges
     first = ingestor.ingest_hl7(msg, control_id="CTRL1", message_type="ORU^R01")
     again = ingestor.ingest_hl7(msg, control_id="CTRL1", message_type="ORU^R01")
     assert first.job_id is not None and again.duplicate and again.job_id is None
-    assert _count(db, Job) == 1
+    assert count_rows(db, Job) == 1
 
 
 def test_back_pressure_when_queue_is_at_its_limit(db: Database, tmp_path: Path) -> None:
@@ -100,7 +96,7 @@ def test_back_pressure_when_queue_is_at_its_limit(db: Database, tmp_path: Path) 
     ing._depth_cache = (0.0, 0)
     with pytest.raises(BackPressureError):
         ing.ingest_hl7(b"m2", control_id="2", message_type="ORU^R01")
-    assert _count(db, SourceObject) == 1
+    assert count_rows(db, SourceObject) == 1
 
 
 def test_back_pressure_when_disk_is_under_reserve(db: Database, tmp_path: Path) -> None:
@@ -108,7 +104,7 @@ def test_back_pressure_when_disk_is_under_reserve(db: Database, tmp_path: Path) 
     ing = Ingestor(db, store, SqlJobQueue(db))
     with pytest.raises(BackPressureError):
         ing.ingest_hl7(b"m1", control_id="1", message_type="ORU^R01")
-    assert _count(db, SourceObject) == 0
+    assert count_rows(db, SourceObject) == 0
 
 
 def test_audit_chain_verifies_and_detects_tampering(sqlite_db: Database) -> None:
@@ -156,7 +152,7 @@ def test_concurrent_ingests_share_group_commits_and_each_is_stored_once(
     assert not errors
     assert len(results) == 16
     assert sum(1 for r in results if r.duplicate) == 1  # type: ignore[attr-defined]
-    assert _count(db, SourceObject) == 15 and _count(db, Job) == 15
+    assert count_rows(db, SourceObject) == 15 and count_rows(db, Job) == 15
 
 
 def test_a_failing_item_does_not_sink_the_rest_of_its_group(ingestor: Ingestor, db: Database) -> None:
@@ -168,7 +164,7 @@ def test_a_failing_item_does_not_sink_the_rest_of_its_group(ingestor: Ingestor, 
     with pytest.raises(StorageError):
         ingestor._submit(b"bad one", boom)
     r = ingestor.ingest_hl7(b"good one", control_id="G", message_type="ORU^R01")
-    assert r.job_id is not None and _count(db, SourceObject) == 1
+    assert r.job_id is not None and count_rows(db, SourceObject) == 1
 
 
 def _hl7(n: int) -> bytes:
@@ -207,7 +203,7 @@ def test_a_batch_is_one_group_and_a_failing_item_does_not_sink_the_others(
     items = ingestor._submit_all([good[0], good[1], _Pending(b"bad", boom, True), good[2], good[3]])
     assert [type(i.error) for i in items] == [type(None)] * 2 + [StorageError] + [type(None)] * 2
     assert all(i.result is not None and i.result.job_id is not None for i in items[:2] + items[3:])
-    assert _count(db, SourceObject) == 4 and _count(db, Job) == 4
+    assert count_rows(db, SourceObject) == 4 and count_rows(db, Job) == 4
     with db.session() as s:
         assert audit.verify_session(s).ok, "the audit chain skips the rolled-back event"
         assert s.execute(select(func.count()).select_from(AuditEvent)).scalar_one() == 4

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, insert, select
 
 from ecgcad.db import audit
 from ecgcad.db.models import AuditEvent, Job, SourceObject
@@ -19,6 +19,7 @@ from ecgcad.db.session import Database
 from ecgcad.errors import StorageError
 from ecgcad.jobs.queue import SqlJobQueue
 from ecgcad.pipeline.ingest import Hl7Message, Ingestor, _Pending
+from tests.helpers import count_rows
 
 _INSERT = Prepared(insert(SourceObject).returning(SourceObject.id))
 _BY_SHA = Prepared(select(SourceObject.id).where(SourceObject.sha256 == bindparam("sha")))
@@ -27,11 +28,6 @@ _LATEST = Prepared(select(SourceObject.id).order_by(SourceObject.id.desc()).limi
 
 def _source(sha: str) -> dict[str, Any]:
     return {"sha256": sha, "size": 3, "storage_path": "/x", "kind": "file"}
-
-
-def _count(db: Database, model: type) -> int:
-    with db.session() as s:
-        return int(s.execute(select(func.count()).select_from(model)).scalar_one())
 
 
 def test_insert_applies_column_defaults_and_the_types_bind_processing(db: Database) -> None:
@@ -90,7 +86,7 @@ def test_direct_transaction_commits_or_rolls_back(sqlite_db: Database) -> None:
         audit.record(s, "cli.action", detail={"n": 4})
     with sqlite_db.direct_transaction() as tx:
         audit.record(tx, "cli.action", detail={"n": 5})
-    assert _count(sqlite_db, SourceObject) == 1
+    assert count_rows(sqlite_db, SourceObject) == 1
     with sqlite_db.session() as s:
         report = audit.verify_session(s)
         details = s.execute(select(AuditEvent.detail).order_by(AuditEvent.id)).scalars().all()
@@ -118,7 +114,7 @@ def test_direct_transaction_reports_a_locked_database_as_storage_error(
     with db.direct_transaction() as tx:  # the lock is free again: a new connection is taken
         _INSERT.execute(tx, _source("a" * 64))
     db.dispose()
-    assert _count(sqlite_db, SourceObject) == 1
+    assert count_rows(sqlite_db, SourceObject) == 1
 
 
 def test_direct_transaction_is_for_sqlite_only(postgres_server: Any) -> None:
@@ -228,10 +224,10 @@ def test_a_failing_item_in_a_direct_group_does_not_sink_the_others(
         [item(0), item(1), _Pending(b"bad", boom, True, look_up=False, direct_apply=boom), item(2)]
     )
     assert [type(i.error) for i in items] == [type(None)] * 2 + [StorageError] + [type(None)]
-    assert _count(sqlite_db, SourceObject) == 3 and _count(sqlite_db, Job) == 3
+    assert count_rows(sqlite_db, SourceObject) == 3 and count_rows(sqlite_db, Job) == 3
     with sqlite_db.session() as s:
         assert audit.verify_session(s).ok
-    assert _count(sqlite_db, AuditEvent) == 3
+    assert count_rows(sqlite_db, AuditEvent) == 3
 
 
 def test_sqlite_timestamps_bind_as_the_two_step_processing_would() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pydicom
@@ -24,6 +23,7 @@ from ecgcad.pipeline import actions
 from ecgcad.pipeline.handlers import register_handlers
 from ecgcad.testing.fake_predictor import FakePredictor
 from ecgcad.testing.fake_senders import FakeSender, RefusingSender
+from tests.helpers import drain
 
 FIXED = {"rca": 0.40, "lm": 0.005, "lad": 0.10, "lcx": 0.20}
 REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
@@ -63,17 +63,6 @@ def ctx(tmp_path: Path) -> AppContext:
     return context
 
 
-def _drain(ctx: AppContext, worker: Worker, *, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        worker.run_once()
-        counts = ctx.queue.counts()
-        if counts["queued"] == 0 and counts["running"] == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"queue did not drain: {ctx.queue.counts()}")
-
-
 def _worker(ctx: AppContext) -> Worker:
     worker = Worker(ctx.queue)
     register_handlers(ctx, worker)
@@ -98,7 +87,7 @@ def _ingest_real(ctx: AppContext) -> int:
 def test_real_ecg_is_scored_once_and_delivered_to_every_destination(ctx: AppContext) -> None:
     ecg_id = _ingest_real(ctx)
     worker = _worker(ctx)
-    _drain(ctx, worker)
+    drain(ctx, worker)
     with ctx.db.session() as s:
         results = s.execute(select(Result).where(Result.ecg_id == ecg_id)).scalars().all()
         assert len(results) == 1
@@ -133,7 +122,7 @@ def test_failing_destination_retries_with_backoff_and_never_blocks_the_other(ctx
     ctx.senders["ehr"] = FakeSender([SendOutcome.retry("connection refused"), SendOutcome.retry("MSA AE")])  # type: ignore[attr-defined]
     _ingest_real(ctx)
     worker = _worker(ctx)
-    _drain(ctx, worker)
+    drain(ctx, worker)
     with ctx.db.session() as s:
         ehr = s.execute(select(Delivery).where(Delivery.destination == "ehr")).scalar_one()
         assert ehr.state == "sent" and ehr.attempts == 3
@@ -148,7 +137,7 @@ def test_permanent_refusal_and_exhausted_retries_end_in_the_dead_letter(ctx: App
     ctx.senders["ehr"] = FakeSender(default=SendOutcome.retry("timeout"))  # type: ignore[attr-defined]
     ctx.senders["pacs"] = RefusingSender("status 0xA900")  # type: ignore[attr-defined]
     _ingest_real(ctx)
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
         states = {
             (d.destination, d.object_kind): (d.state, d.attempts, d.last_response)
@@ -170,7 +159,7 @@ def test_undecodable_ecg_is_reported_not_evaluated_with_its_reason(ctx: AppConte
             patient_id="MRN-NE", issuer_of_patient_id="HOSP", sop_instance_uid="1.2.3.999"
         ),
     )
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
         result = s.execute(select(Result).where(Result.ecg_id == r.ecg_id)).scalar_one()
         assert not result.scorable and result.reason_code == "decode_failed"
@@ -183,10 +172,10 @@ def test_undecodable_ecg_is_reported_not_evaluated_with_its_reason(ctx: AppConte
 
 def test_a_second_run_of_the_score_job_does_not_duplicate_the_result(ctx: AppContext) -> None:
     ecg_id = _ingest_real(ctx)
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
         ctx.queue.defer(s, "score", {"ecg_id": ecg_id})  # e.g. a re-run after a crash
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
         assert s.execute(select(func.count()).select_from(Result)).scalar_one() == 1
         assert s.execute(select(func.count()).select_from(Delivery)).scalar_one() == 3
@@ -196,10 +185,10 @@ def test_a_second_run_of_the_score_job_does_not_duplicate_the_result(ctx: AppCon
 def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppContext) -> None:
     ecg_id = _ingest_real(ctx)
     worker = _worker(ctx)
-    _drain(ctx, worker)
+    drain(ctx, worker)
     out = actions.rescore_ecg(ctx, ecg_id, user="alice", role="operator", address="10.0.0.1")
     assert out["result_version"] == 2
-    _drain(ctx, worker)
+    drain(ctx, worker)
     with ctx.db.session() as s:
         versions = (
             s.execute(select(Result.result_version).where(Result.ecg_id == ecg_id).order_by(Result.id))
@@ -221,7 +210,7 @@ def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppCon
         delivery_id = sr_delivery.id
     before = len(ctx.senders["pacs"].delivered)  # type: ignore[attr-defined]
     actions.resend_delivery(ctx, delivery_id, user="bob", role="operator")
-    _drain(ctx, worker)
+    drain(ctx, worker)
     resent = _dicom(ctx.senders["pacs"].delivered[before])  # type: ignore[attr-defined]
     assert resent.SOPInstanceUID == _dicom(ctx.senders["pacs"].delivered[0]).SOPInstanceUID  # type: ignore[attr-defined]
     pdf = actions.report_pdf(ctx, ecg_id)
@@ -246,7 +235,7 @@ def test_site_profile_settings_shape_the_sr_and_oru(tmp_path: Path) -> None:
     senders = {"pacs": FakeSender(), "ehr": FakeSender()}
     ctx.sender_factory = lambda dest: senders[dest.name]
     _ingest_real(ctx)
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     (sr,) = (_dicom(obj) for obj in senders["pacs"].delivered)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
     (oru,) = senders["ehr"].delivered
@@ -271,7 +260,7 @@ def test_shadow_model_results_are_stored_and_never_sent(tmp_path: Path) -> None:
     sender = FakeSender()
     ctx.sender_factory = lambda dest: sender
     ecg_id = _ingest_real(ctx)
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
         results = s.execute(select(Result).where(Result.ecg_id == ecg_id).order_by(Result.id)).scalars().all()
         assert [(r.shadow, r.model_name) for r in results] == [(False, "fake"), (True, "candidate")]
@@ -316,7 +305,7 @@ def test_ordered_destination_sends_a_patients_results_in_order(tmp_path: Path) -
     ctx.ingestor.ingest_dicom(
         buf.getvalue(), sop_class_uid=None, sop_instance_uid=ds.SOPInstanceUID, ecg=second
     )
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     delivered = [m.split(b"\r", 1)[0].split(b"|")[9] for m in sender.delivered]
     assert [c[:2] for c in delivered] == [b"E1", b"E2"], delivered
     with ctx.db.session() as s:

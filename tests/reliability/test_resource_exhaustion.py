@@ -25,12 +25,12 @@ from pynetdicom import AE
 from sqlalchemy import func, select
 
 from ecgcad.context import AppContext
-from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import EcgRecord, Result, SourceObject
 from ecgcad.errors import CheckpointError
 from ecgcad.listeners.dicom_scp import TWELVE_LEAD_ECG_WAVEFORM_STORAGE, DicomScp
 from ecgcad.listeners.hl7_server import Hl7Server
 from ecgcad.testing.fake_predictor import FakePredictor
+from tests.helpers import make_ctx
 from tests.listeners.conftest import make_settings
 from tests.listeners.hl7util import SocketClient, msa, oru
 from tests.peers import wait_for
@@ -38,10 +38,7 @@ from tests.reliability.harness import MllpResender, _template, figures, oru_mess
 
 
 def _ctx(data_dir: Path, **overrides: Any) -> AppContext:
-    settings = make_settings(data_dir, **overrides)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.effective_database_url)
-    return AppContext.from_settings(settings)
+    return make_ctx(settings=make_settings(data_dir, **overrides))
 
 
 def _c_store(port: int, ds: pydicom.Dataset) -> int:

@@ -21,11 +21,11 @@ from ecgcad.integration.reports.sr import build_stenosis_sr
 from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, SendOutcome
 from ecgcad.pipeline.delivery import SenderPool, checkout_sender, sender_pool
 from ecgcad.testing.fake_predictor import FakePredictor
+from tests.helpers import drain
 from tests.peers import StoreScp, wait_for
 from tests.pipeline.test_flow import _ingest_real
 from tests.results.conftest import make_input
 from tests.results.test_senders import MllpSink, _copies, _with_control_id
-from tests.scaleout.conftest import drain
 
 
 @pytest.fixture(scope="module")

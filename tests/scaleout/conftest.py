@@ -17,10 +17,8 @@ from pydicom.uid import generate_uid
 
 from ecgcad.config import load_settings
 from ecgcad.context import AppContext
-from ecgcad.db.migrate import upgrade
-from ecgcad.jobs.worker import Worker
-from ecgcad.pipeline.handlers import register_handlers
 from ecgcad.testing.fake_predictor import FakePredictor
+from tests import helpers
 from tests.peers import free_port
 
 REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
@@ -57,30 +55,16 @@ def make_ctx(tmp_path: Path) -> Iterator[Callable[..., AppContext]]:
         }
         for key, value in overrides.items():
             base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
-        settings = load_settings(None, **base)
-        upgrade(settings.effective_database_url)
-        ctx = AppContext.from_settings(settings)
-        ctx.set_predictor(FakePredictor(fixed={"rca": 0.4, "lm": 0.0, "lad": 0.1, "lcx": 0.2}))
+        ctx = helpers.make_ctx(
+            settings=load_settings(None, **base),
+            predictor=FakePredictor(fixed={"rca": 0.4, "lm": 0.0, "lad": 0.1, "lcx": 0.2}),
+        )
         made.append(ctx)
         return ctx
 
     yield factory
     for ctx in made:
         ctx.close()
-
-
-def drain(ctx: AppContext, *, timeout: float = 60.0) -> None:
-    """Run a worker in this thread until the queue is empty."""
-    worker = Worker(ctx.queue)
-    register_handlers(ctx, worker)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        worker.run_once()
-        counts = ctx.queue.counts()
-        if counts["queued"] == 0 and counts["running"] == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"queue did not drain: {ctx.queue.counts()}")
 
 
 class Orthanc:

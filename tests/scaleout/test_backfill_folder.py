@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 from ecgcad.context import AppContext
 from ecgcad.db.models import Result
 from ecgcad.pipeline.backfill import backfill_folder, get_marker, walk_sorted
-from tests.scaleout.conftest import drain, ecg_copies
+from tests.helpers import drain
+from tests.scaleout.conftest import ecg_copies
 
 
 def _archive(root: Path, n: int) -> list[Path]:

@@ -13,8 +13,9 @@ from ecgcad.context import AppContext
 from ecgcad.db.models import EcgRecord, KvState, Result, SourceObject
 from ecgcad.listeners.dicom_scp import DicomScp
 from ecgcad.pipeline.backfill import backfill_pacs, pacs_catch_up
+from tests.helpers import drain
 from tests.peers import wait_for
-from tests.scaleout.conftest import Orthanc, drain, ecg_copies
+from tests.scaleout.conftest import Orthanc, ecg_copies
 
 pytestmark = pytest.mark.peers
 

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from ecgcad.context import AppContext
 from ecgcad.db.models import AuditEvent, Delivery, EcgRecord, KvState, Result, SourceObject
 from ecgcad.pipeline.maintenance import apply_retention, run_maintenance
-from tests.scaleout.conftest import drain, ecg_copies
+from tests.helpers import drain
+from tests.scaleout.conftest import ecg_copies
 
 
 def _ingest(ctx: AppContext, n: int) -> list[int]:

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Delivery, EcgRecord, Result
 from ecgcad.db.session import Database
+from tests.helpers import stop_process
 from tests.peers import MllpSink, StoreScp, free_port, require, wait_port
 from tests.scaleout.conftest import ecg_copies
 
@@ -80,16 +81,6 @@ port = {sink.port}
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     fh = open(log, "wb")  # noqa: SIM115 - the child holds it; closed when the test's tmp dir goes
     return subprocess.Popen([sys.executable, "-m", "ecgcad", *args], stdout=fh, stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _counts(db: Database) -> tuple[int, int, int]:
@@ -176,7 +167,7 @@ def _run(n: int, tmp_path: Path, postgres_server: object, timeout_s: float) -> N
         assert resent <= 8, f"{resent} ORUs sent more than once"
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
         scp.stop()
         sink.stop()
         db.dispose()
