@@ -15,6 +15,7 @@ OPTIONAL_HANDLERS = (
     ("rescore", "ecgcad.pipeline.delivery", "make_rescore_handler"),
     ("retention", "ecgcad.pipeline.maintenance", "make_retention_handler"),
     ("maintenance", "ecgcad.pipeline.maintenance", "make_maintenance_handler"),
+    ("dead_letter_sweep", "ecgcad.pipeline.dead_letter", "make_dead_letter_sweep_handler"),
     ("pacs_catch_up", "ecgcad.pipeline.backfill", "make_pacs_catch_up_handler"),
 )
 
