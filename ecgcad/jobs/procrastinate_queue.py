@@ -305,8 +305,8 @@ class ProcrastinateJobQueue:
             "dedupe_key": args.get("dedupe_key"),
         }
 
-    def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Failed (dead-letter) jobs with their errors, newest first."""
+    def failed_jobs(self, limit: int = 100, *, kind: str | None = None) -> list[dict[str, Any]]:
+        """Failed (dead-letter) jobs with their errors, newest first (only those of ``kind`` when given)."""
         return [
             {
                 "id": int(r["id"]),
@@ -315,5 +315,5 @@ class ProcrastinateJobQueue:
                 "last_error": r["args"].get("last_error"),
                 "payload": dict(r["args"].get("payload", {})),
             }
-            for r in self.store.failed(limit)
+            for r in self.store.failed(limit, kind)
         ]

@@ -57,7 +57,7 @@ _SET_ERROR_SQL = (
 _RESET_ATTEMPTS_SQL = "UPDATE procrastinate_jobs SET attempts = 0 WHERE id = %(job_id)s"
 _FAILED_SQL = (
     "SELECT id, task_name, attempts, args FROM procrastinate_jobs WHERE status = 'failed' "
-    "ORDER BY id DESC LIMIT %(limit)s"
+    "AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text) ORDER BY id DESC LIMIT %(limit)s"
 )
 
 FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
@@ -122,8 +122,8 @@ class JobStore(Protocol):
         """One job row, or ``None``."""
         ...
 
-    def failed(self, limit: int) -> list[Row]:
-        """Failed jobs, newest first."""
+    def failed(self, limit: int, task_name: str | None = None) -> list[Row]:
+        """Failed jobs (of ``task_name`` when given), newest first."""
         ...
 
 
@@ -255,8 +255,8 @@ class PostgresStore:
     def get(self, job_id: int) -> Row | None:
         return self._one(_GET_SQL, job_id=job_id)
 
-    def failed(self, limit: int) -> list[Row]:
-        return self._all(_FAILED_SQL, limit=limit)
+    def failed(self, limit: int, task_name: str | None = None) -> list[Row]:
+        return self._all(_FAILED_SQL, limit=limit, task_name=task_name)
 
 
 class InMemoryStore:
@@ -403,7 +403,11 @@ class InMemoryStore:
                 return None
             return {**row, "deferred_at": self._deferred_at(job_id)}
 
-    def failed(self, limit: int) -> list[Row]:
+    def failed(self, limit: int, task_name: str | None = None) -> list[Row]:
         with self._lock:
-            rows = [dict(j) for j in self.connector.jobs.values() if j["status"] == "failed"]
+            rows = [
+                dict(j)
+                for j in self.connector.jobs.values()
+                if j["status"] == "failed" and task_name in (None, j["task_name"])
+            ]
         return sorted(rows, key=lambda r: -int(r["id"]))[:limit]

@@ -116,6 +116,10 @@ class JobQueue(Protocol):
         """A job as a dict (id, kind, payload, state, attempts, last_error …)."""
         ...
 
+    def failed_jobs(self, limit: int = 100, *, kind: str | None = None) -> list[dict[str, Any]]:
+        """Failed (dead-letter) jobs with their errors, newest first (only those of ``kind`` when given)."""
+        ...
+
 
 @functools.cache
 def _defer_statement(dialect: str, dedupe: bool) -> Prepared:
@@ -290,8 +294,25 @@ class SqlJobQueue:
 
     # -- maintenance and views ---------------------------------------------------------------------------
     def requeue_stalled(self) -> int:
+        """Make jobs with an expired lease claimable now; return how many.
+
+        A job whose lease expired on its last allowed attempt (its worker died) goes to the dead letter
+        instead, as :meth:`claim` does with it: a sweep of the dead letter (``dead_letter_sweep``) then
+        finds it without waiting for a worker to claim its kind.
+        """
         now = utcnow()
         with self.db.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.state == "running", Job.lease_until < now, Job.attempts >= Job.max_attempts)
+                .values(
+                    state="failed",
+                    last_error=func.coalesce(Job.last_error, "") + " | lease expired on the last attempt",
+                    finished_at=now,
+                    updated_at=now,
+                    lease_until=None,
+                )
+            )
             result = session.execute(
                 update(Job)
                 .where(Job.state == "running", Job.lease_until < now, Job.attempts < Job.max_attempts)
@@ -354,12 +375,13 @@ class SqlJobQueue:
                 "dedupe_key": job.dedupe_key,
             }
 
-    def failed_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Failed (dead-letter) jobs with their errors, newest first."""
-        with self.db.session() as session:
-            jobs = session.execute(
-                select(Job).where(Job.state == "failed").order_by(Job.id.desc()).limit(limit)
-            ).scalars()
+    def failed_jobs(self, limit: int = 100, *, kind: str | None = None) -> list[dict[str, Any]]:
+        """Failed (dead-letter) jobs with their errors, newest first (only those of ``kind`` when given)."""
+        stmt = select(Job).where(Job.state == "failed")
+        if kind is not None:
+            stmt = stmt.where(Job.kind == kind)
+        with self.db.read_session() as session:
+            jobs = session.execute(stmt.order_by(Job.id.desc()).limit(limit)).scalars()
             return [
                 {
                     "id": j.id,

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Period of the ``dead_letter_sweep`` job (seconds): an ECG whose score job died with its worker on the
+#: last attempt is settled ("not evaluated: processing error") within the lease plus this.
+DEAD_LETTER_SWEEP_S = 300
+
 
 def _enqueue_periodic(ctx: AppContext, kind: str, period_s: int) -> None:
     stamp = int(dt.datetime.now(dt.UTC).timestamp()) // period_s
@@ -58,6 +62,13 @@ class Schedule:
             timezone=dt.UTC, job_defaults={"coalesce": True, "max_instances": 1}
         )
         self.scheduler.add_job(_requeue_stalled, "interval", seconds=30, args=[ctx], id="requeue_stalled")
+        self.scheduler.add_job(
+            _enqueue_periodic,
+            "interval",
+            seconds=DEAD_LETTER_SWEEP_S,
+            args=[ctx, "dead_letter_sweep", DEAD_LETTER_SWEEP_S],
+            id="dead_letter_sweep",
+        )
         self.scheduler.add_job(
             _enqueue_periodic, "cron", hour=3, minute=15, args=[ctx, "retention", 86400], id="retention"
         )

@@ -9,7 +9,9 @@ and it runs again, which handlers make harmless through the database's uniquenes
 A job whose failure sends it to the dead letter (out of attempts, or not retryable) is passed, with its last
 error, to the ``on_dead_letter`` callback registered for its kind: the same path for every queue engine, so
 that the work the job stood for gets a final state (a scoring job's ECG becomes "not evaluated: processing
-error") instead of waiting forever.
+error") instead of waiting forever. A job that the queue's lease sweep dead-letters because its worker died
+on the last attempt reaches no callback; the ``dead_letter_sweep`` job (:mod:`ecgcad.pipeline.dead_letter`)
+settles its work from the database's state.
 """
 
 from __future__ import annotations

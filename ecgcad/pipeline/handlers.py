@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ecgcad.pipeline import backfill, delivery, hl7_jobs, maintenance, scoring
+from ecgcad.pipeline import backfill, dead_letter, delivery, hl7_jobs, maintenance, scoring
 
 if TYPE_CHECKING:
     from ecgcad.context import AppContext
@@ -25,6 +25,7 @@ HANDLER_FACTORIES: dict[str, Callable[[AppContext], Handler]] = {
     "rescore": scoring.make_rescore_handler,
     "retention": maintenance.make_retention_handler,
     "maintenance": maintenance.make_maintenance_handler,
+    "dead_letter_sweep": dead_letter.make_dead_letter_sweep_handler,
     "pacs_catch_up": backfill.make_pacs_catch_up_handler,
 }
 

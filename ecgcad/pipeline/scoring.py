@@ -399,7 +399,9 @@ def settle_dead_score_job(ctx: AppContext, job: ClaimedJob, error: BaseException
         predictor = None
     reason = f"scoring failed on all {job.attempts} attempts ({type(error).__name__})"
     with ctx.db.session() as session:
-        ecg = session.get(EcgRecord, ecg_id)
+        # Locked (PostgreSQL; SQLite's writer lock serialises anyway): the worker's callback and the
+        # dead-letter sweep may settle the same ECG at once, and only the first one may.
+        ecg = session.get(EcgRecord, ecg_id, with_for_update=True)
         if ecg is None or ecg.state in ("scored", "not_evaluated"):
             return
         if predictor is None:

@@ -220,6 +220,24 @@ def test_requeue_stalled_makes_expired_leases_runnable(queue: SqlJobQueue) -> No
     assert queue.counts()["queued"] == 1
 
 
+def test_lease_sweep_dead_letters_a_job_lost_on_its_last_attempt(queue: SqlJobQueue) -> None:
+    """The lease sweep alone (no worker claiming that kind) sends a job whose worker died on its last
+    attempt to the dead letter, where ``failed_jobs(kind=...)`` finds it for the dead-letter sweep."""
+    job_id = _defer(queue, "score", {"ecg_id": 7}, max_attempts=1)
+    _defer(queue, "deliver", {"delivery_id": 1})
+    (refused,) = queue.claim(["deliver"], 1, "w")
+    assert queue.retry_later(refused.id, "refused", retryable=False) == "failed"
+    assert [j.id for j in queue.claim(["score"], 1, "doomed")] == [job_id]
+    deadline = time.monotonic() + 10
+    while queue.get(job_id)["state"] != "failed":  # type: ignore[index]
+        assert time.monotonic() < deadline, f"never dead-lettered: {queue.get(job_id)}"
+        time.sleep(0.1)
+        assert queue.requeue_stalled() == 0, "a job on its last attempt is not re-queued"
+    assert [(j["id"], j["payload"]) for j in queue.failed_jobs(kind="score")] == [(job_id, {"ecg_id": 7})]
+    assert len(queue.failed_jobs()) == 2
+    assert queue.claim(["score"], 1, "survivor") == []
+
+
 def test_worker_runs_batches_and_marks_done_after_handler(queue: SqlJobQueue) -> None:
     for i in range(10):
         _defer(queue, "score", {"ecg_id": i})
