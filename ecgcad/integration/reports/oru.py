@@ -35,6 +35,7 @@ import re
 from typing import Literal
 
 from ecgcad.errors import BuildError
+from ecgcad.integration.formats.ecg import EcgIdentifiers
 from ecgcad.integration.reports.content import VESSELS, StenosisReportInput
 from ecgcad.logsetup import uid_hash
 
@@ -298,6 +299,69 @@ def build_oru(
         order, tables, OBX-5 against OBX-2, required fields).
     """
     profile = profile or OruProfile()
+    _check_build_arguments(inp, control_id, result_status, include_pdf)
+    not_evaluated_x = not inp.scorable and profile.not_evaluated_mode == "X"
+    # OBX-11 always equals OBR-25 in what we send.
+    status = "X" if not_evaluated_x else result_status
+    segments = [
+        _msh_segment(
+            control_id=control_id,
+            message_time=message_time or dt.datetime.now().astimezone(),
+            sending_application=sending_application,
+            sending_facility=sending_facility,
+            receiving_application=receiving_application,
+            receiving_facility=receiving_facility,
+            processing_id=processing_id,
+            profile=profile,
+        ),
+        _pid_segment(inp.identifiers),
+        *_pv1_segments(inp.identifiers, profile),
+        _orc_segment(inp),
+        _obr_segment(inp, profile, result_status=status),
+        *_nte_segments(inp),
+        *_obx_segments(inp, _observations(inp, include_pdf), result_status=status),
+        "",  # the last segment is ended by "\r" too
+    ]
+    data = "\r".join(segments).encode("utf-8")
+    problems = validate_oru(data, structure=False)
+    if problems:
+        raise BuildError("built ORU is invalid: " + "; ".join(problems))
+    logger.info(
+        "built ORU msh10=%s source=%s status=%s evaluated=%s pdf=%s",
+        control_id,
+        uid_hash(inp.uid_source_key),
+        status,
+        inp.scorable,
+        include_pdf is not None,
+    )
+    return data
+
+
+# -- segments -------------------------------------------------------------------------------------------
+
+
+def _check_build_arguments(
+    inp: StenosisReportInput, control_id: str, result_status: str, include_pdf: bytes | None
+) -> None:
+    """Refuse arguments :func:`build_oru` cannot turn into a valid message.
+
+    Parameters
+    ----------
+    inp:
+        The report input (its result version and Patient ID are checked).
+    control_id:
+        MSH-10.
+    result_status:
+        OBR-25 as asked for.
+    include_pdf:
+        The PDF to embed, or ``None``.
+
+    Raises
+    ------
+    BuildError
+        The first argument found wrong, in the order of the parameters above (control id, result status,
+        a correction not sent as ``C``, a PDF that is not one, a missing Patient ID).
+    """
     if not _CONTROL_ID_RE.match(control_id or ""):
         raise BuildError("control_id must be 1–20 characters [A-Za-z0-9._-]")
     if result_status not in ("P", "F", "C"):
@@ -306,17 +370,44 @@ def build_oru(
         raise BuildError("a corrected result (result_version > 1) is sent with result status C")
     if include_pdf is not None and not bytes(include_pdf).startswith(b"%PDF-"):
         raise BuildError("include_pdf is not a PDF document")
-    ident = inp.identifiers
-    if not ident.patient_id:
+    if not inp.identifiers.patient_id:
         raise BuildError("the ORU needs a Patient ID (PID-3)")
-    not_evaluated_x = not inp.scorable and profile.not_evaluated_mode == "X"
-    obr_status = "X" if not_evaluated_x else result_status
-    obx_status = obr_status
-    now = message_time or dt.datetime.now().astimezone()
 
+
+def _msh_segment(
+    *,
+    control_id: str,
+    message_time: dt.datetime,
+    sending_application: str,
+    sending_facility: str,
+    receiving_application: str,
+    receiving_facility: str,
+    processing_id: str,
+    profile: OruProfile,
+) -> str:
+    """The MSH segment (message header).
+
+    Parameters
+    ----------
+    control_id:
+        MSH-10, already checked.
+    message_time:
+        MSH-7.
+    sending_application, sending_facility, receiving_application, receiving_facility:
+        MSH-3 … MSH-6; MSH-4 … MSH-6 are left out when empty.
+    processing_id:
+        MSH-11; a value other than ``P``, ``T``, ``D`` is written as hl7apy wrote it.
+    profile:
+        MSH-15 / MSH-16 (acknowledgement types), when set.
+
+    Returns
+    -------
+    str
+        ``MSH|^~\\&|…`` (MSH-1 is the field separator itself and MSH-2 the encoding characters).
+    """
     msh = {
         3: _composite(escape(sending_application)),
-        7: _ts(now),
+        7: _ts(message_time),
         9: "ORU^R01^ORU_R01",
         10: control_id,
         11: processing_id if processing_id in ("P", "T", "D") else _raw_composite(processing_id, 2),
@@ -333,9 +424,23 @@ def build_oru(
         msh[15] = profile.accept_ack_type
     if profile.application_ack_type:
         msh[16] = profile.application_ack_type
-    # MSH-1 is the field separator itself and MSH-2 the encoding characters.
-    segments = ["MSH|^~\\&" + _segment("", {n - 2: v for n, v in msh.items()})]
+    return "MSH|^~\\&" + _segment("", {n - 2: v for n, v in msh.items()})
 
+
+def _pid_segment(ident: EcgIdentifiers) -> str:
+    """The PID segment (patient identification).
+
+    Parameters
+    ----------
+    ident:
+        The copied identifiers: PID-3 Patient ID and its issuer, PID-5 name (DICOM PN → XPN order),
+        PID-7 birth date and PID-8 sex when known.
+
+    Returns
+    -------
+    str
+        The segment.
+    """
     pid = {
         1: "1",
         3: _composite(_components(ident.patient_id, None, None, ident.issuer_of_patient_id)),
@@ -347,36 +452,112 @@ def build_oru(
         pid[7] = _dtm(birth_date) if birth_date else ""
     if ident.patient_sex:
         pid[8] = escape(ident.patient_sex)
-    segments.append(_segment("PID", pid))
-    if ident.visit_number or profile.include_pv1:
-        pv1 = {1: "1", 2: "U"}
-        if ident.visit_number:
-            pv1[19] = _composite(escape(ident.visit_number))
-        segments.append(_segment("PV1", pv1))
+    return _segment("PID", pid)
 
-    placer = inp.effective_placer_order_number
+
+def _pv1_segments(ident: EcgIdentifiers, profile: OruProfile) -> list[str]:
+    """The PV1 segment (patient visit), when a visit number is known or the profile asks for it.
+
+    Parameters
+    ----------
+    ident:
+        The copied identifiers: PV1-19 visit number.
+    profile:
+        ``include_pv1``: send PV1 even without a visit number.
+
+    Returns
+    -------
+    list[str]
+        The segment, or no segment.
+    """
+    if not (ident.visit_number or profile.include_pv1):
+        return []
+    pv1 = {1: "1", 2: "U"}
+    if ident.visit_number:
+        pv1[19] = _composite(escape(ident.visit_number))
+    return [_segment("PV1", pv1)]
+
+
+def _filler_entity_identifier(inp: StenosisReportInput) -> str:
+    """ORC-3 / OBR-3: a copied filler order number as is, ours with namespace ``ECGCAD``."""
     filler = filler_order_number_for(inp)
-    filler_ei = _composite(
-        _components(filler, "ECGCAD") if not inp.effective_filler_order_number else escape(filler)
-    )
-    orc = {1: "RE", 3: filler_ei, 5: "CM"}
-    obr = {1: "1", 3: filler_ei, 4: _composite(_components(*profile.service_code))}
+    if inp.effective_filler_order_number:
+        return _composite(escape(filler))
+    return _composite(_components(filler, "ECGCAD"))
+
+
+def _orc_segment(inp: StenosisReportInput) -> str:
+    """The ORC segment (common order): ``RE`` (observations to follow), order numbers, ``CM`` (complete).
+
+    Parameters
+    ----------
+    inp:
+        The report input: ORC-2 placer order number (when known), ORC-3 filler order number.
+
+    Returns
+    -------
+    str
+        The segment.
+    """
+    orc = {1: "RE", 3: _filler_entity_identifier(inp), 5: "CM"}
+    placer = inp.effective_placer_order_number
     if placer:
-        orc[2] = obr[2] = _composite(escape(placer))
-    if ident.acquisition_datetime:
-        obr[7] = _ts(ident.acquisition_datetime)
+        orc[2] = _composite(escape(placer))
+    return _segment("ORC", orc)
+
+
+def _obr_segment(inp: StenosisReportInput, profile: OruProfile, *, result_status: str) -> str:
+    """The OBR segment (observation request).
+
+    Parameters
+    ----------
+    inp:
+        The report input: OBR-2 placer and OBR-3 filler order numbers, OBR-7 acquisition time, the
+        accession number, OBR-22 result time.
+    profile:
+        OBR-4 service code and where the accession number goes (OBR-18, OBR-20 or nowhere).
+    result_status:
+        OBR-25 (``P``, ``F``, ``C``, or ``X`` for a not-evaluated result by profile).
+
+    Returns
+    -------
+    str
+        The segment; OBR-24 is ``EC`` (electrocardiac).
+    """
+    obr = {
+        1: "1",
+        3: _filler_entity_identifier(inp),
+        4: _composite(_components(*profile.service_code)),
+    }
+    placer = inp.effective_placer_order_number
+    if placer:
+        obr[2] = _composite(escape(placer))
+    if inp.identifiers.acquisition_datetime:
+        obr[7] = _ts(inp.identifiers.acquisition_datetime)
     accession = inp.effective_accession_number
     if accession and profile.accession_field == "OBR-18":
         obr[18] = escape(accession)
     elif accession and profile.accession_field == "OBR-20":
         obr[20] = escape(accession)
-    result_time = _ts(inp.result_time)
-    obr[22] = result_time
+    obr[22] = _ts(inp.result_time)
     obr[24] = "EC"
-    obr[25] = obr_status
-    segments.append(_segment("ORC", orc))
-    segments.append(_segment("OBR", obr))
+    obr[25] = result_status
+    return _segment("OBR", obr)
 
+
+def _nte_segments(inp: StenosisReportInput) -> list[str]:
+    """The NTE segments of the order (comment source ``L``, ancillary).
+
+    Parameters
+    ----------
+    inp:
+        The report input: disclaimer (demonstration model only), model identity, intended use.
+
+    Returns
+    -------
+    list[str]
+        One NTE per note, NTE-1 counting from 1.
+    """
     notes = []
     if inp.disclaimer:
         notes.append(inp.disclaimer)
@@ -385,89 +566,135 @@ def build_oru(
         f"window policy {inp.window_policy}; preliminary, unverified machine result"
     )
     notes.append("Intended use: " + inp.intended_use)
-    for i, note in enumerate(notes, start=1):
-        segments.append(f"NTE|{i}|L|{escape(note)}")
+    return [f"NTE|{i}|L|{escape(note)}" for i, note in enumerate(notes, start=1)]
 
+
+def _observations(inp: StenosisReportInput, include_pdf: bytes | None) -> list[dict[int, str]]:
+    """The OBX fields of each observation, in message order, without the fields all OBX share.
+
+    Parameters
+    ----------
+    inp:
+        The report input.
+    include_pdf:
+        The PDF to embed, or ``None``.
+
+    Returns
+    -------
+    list[dict[int, str]]
+        Scored: per vessel its probability and risk (:func:`_vessel_observations`), then whether any
+        vessel is flagged; not evaluated: the reason instead; then the PDF, if any.
+    """
     observations: list[dict[int, str]] = []
-    common = {11: obx_status, 19: result_time}
-    if ident.acquisition_datetime:
-        common[14] = _ts(ident.acquisition_datetime)
     if inp.scorable:
         for sub_id, vessel in enumerate(VESSELS, start=1):
-            name = vessel.upper()
-            flag = "A" if inp.flags[vessel] else "N"
-            band = HIGH_RISK if inp.flags[vessel] else LOW_RISK
-            observations.append(
-                {
-                    2: "NM",
-                    3: f"{name}-PROB^{name} stenosis probability^{LOCAL_CODING_SYSTEM}",
-                    4: str(sub_id),
-                    5: _nm(inp.probabilities[vessel]),
-                    6: "1^^UCUM",
-                    7: "<" + _nm(inp.thresholds[vessel]),
-                    8: flag,
-                    **common,
-                }
-            )
-            observations.append(
-                {
-                    2: "CWE",
-                    3: f"{name}-RISK^{name} stenosis risk^{LOCAL_CODING_SYSTEM}",
-                    4: str(sub_id),
-                    5: "^".join(band),
-                    8: flag,
-                    **common,
-                }
-            )
-        any_flag = inp.any_flagged
-        observations.append(
-            {
-                2: "CWE",
-                3: f"ANY-FLAG^Any vessel flagged^{LOCAL_CODING_SYSTEM}",
-                5: "Y^Yes^HL70136" if any_flag else "N^No^HL70136",
-                8: "A" if any_flag else "N",
-                **common,
-            }
-        )
+            observations.extend(_vessel_observations(inp, vessel, sub_id))
+        observations.append(_any_flag_observation(inp))
     else:
-        assert inp.not_evaluated_reason is not None
-        code, text = inp.not_evaluated_reason
-        observations.append(
-            {
-                2: "CWE",
-                3: f"NOT-EVAL^Reason not evaluated^{LOCAL_CODING_SYSTEM}",
-                5: _components(code, text, LOCAL_CODING_SYSTEM),
-                8: "IND",
-                **common,
-            }
-        )
+        observations.append(_not_evaluated_observation(inp))
     if include_pdf is not None:
-        observations.append(
-            {
-                2: "ED",
-                3: f"PDF^Report PDF^{LOCAL_CODING_SYSTEM}",
-                5: "^AP^PDF^Base64^" + base64.b64encode(bytes(include_pdf)).decode("ascii"),
-                **common,
-            }
-        )
-    for set_id, fields in enumerate(observations, start=1):
-        fields[1] = str(set_id)
-        segments.append(_segment("OBX", fields))
+        observations.append(_pdf_observation(include_pdf))
+    return observations
 
-    segments.append("")
-    data = "\r".join(segments).encode("utf-8")
-    problems = validate_oru(data, structure=False)
-    if problems:
-        raise BuildError("built ORU is invalid: " + "; ".join(problems))
-    logger.info(
-        "built ORU msh10=%s source=%s status=%s evaluated=%s pdf=%s",
-        control_id,
-        uid_hash(inp.uid_source_key),
-        obr_status,
-        inp.scorable,
-        include_pdf is not None,
-    )
-    return data
+
+def _vessel_observations(inp: StenosisReportInput, vessel: str, sub_id: int) -> list[dict[int, str]]:
+    """The probability (``NM``) and risk (``CWE``) observations of one vessel.
+
+    Parameters
+    ----------
+    inp:
+        A scored report input.
+    vessel:
+        One of :data:`~ecgcad.integration.reports.content.VESSELS`.
+    sub_id:
+        OBX-4, the same for both observations of the vessel.
+
+    Returns
+    -------
+    list[dict[int, str]]
+        OBX fields 2 … 8: the probability with unit UCUM ``1`` and reference range ``<threshold``, then
+        the risk band (SNOMED CT high / low risk); OBX-8 ``A`` when the vessel is flagged, else ``N``.
+    """
+    name = vessel.upper()
+    flag = "A" if inp.flags[vessel] else "N"
+    band = HIGH_RISK if inp.flags[vessel] else LOW_RISK
+    probability = {
+        2: "NM",
+        3: f"{name}-PROB^{name} stenosis probability^{LOCAL_CODING_SYSTEM}",
+        4: str(sub_id),
+        5: _nm(inp.probabilities[vessel]),
+        6: "1^^UCUM",
+        7: "<" + _nm(inp.thresholds[vessel]),
+        8: flag,
+    }
+    risk = {
+        2: "CWE",
+        3: f"{name}-RISK^{name} stenosis risk^{LOCAL_CODING_SYSTEM}",
+        4: str(sub_id),
+        5: "^".join(band),
+        8: flag,
+    }
+    return [probability, risk]
+
+
+def _any_flag_observation(inp: StenosisReportInput) -> dict[int, str]:
+    """The ``ANY-FLAG`` observation: whether any vessel is flagged (HL7 table 0136 Y / N)."""
+    any_flag = inp.any_flagged
+    return {
+        2: "CWE",
+        3: f"ANY-FLAG^Any vessel flagged^{LOCAL_CODING_SYSTEM}",
+        5: "Y^Yes^HL70136" if any_flag else "N^No^HL70136",
+        8: "A" if any_flag else "N",
+    }
+
+
+def _not_evaluated_observation(inp: StenosisReportInput) -> dict[int, str]:
+    """The ``NOT-EVAL`` observation of a not-evaluated result: the coded reason, OBX-8 ``IND``."""
+    assert inp.not_evaluated_reason is not None
+    code, text = inp.not_evaluated_reason
+    return {
+        2: "CWE",
+        3: f"NOT-EVAL^Reason not evaluated^{LOCAL_CODING_SYSTEM}",
+        5: _components(code, text, LOCAL_CODING_SYSTEM),
+        8: "IND",
+    }
+
+
+def _pdf_observation(pdf: bytes) -> dict[int, str]:
+    """The ``ED`` observation carrying the report PDF (``^AP^PDF^Base64^<data>``)."""
+    return {
+        2: "ED",
+        3: f"PDF^Report PDF^{LOCAL_CODING_SYSTEM}",
+        5: "^AP^PDF^Base64^" + base64.b64encode(bytes(pdf)).decode("ascii"),
+    }
+
+
+def _obx_segments(
+    inp: StenosisReportInput, observations: list[dict[int, str]], *, result_status: str
+) -> list[str]:
+    """The OBX segments: each observation numbered (OBX-1) and given the fields all of them share.
+
+    Parameters
+    ----------
+    inp:
+        The report input: OBX-14 acquisition time (when known), OBX-19 result time.
+    observations:
+        OBX fields of each observation (:func:`_observations`).
+    result_status:
+        OBX-11, equal to OBR-25.
+
+    Returns
+    -------
+    list[str]
+        The segments, in the order of ``observations``.
+    """
+    common = {11: result_status, 19: _ts(inp.result_time)}
+    if inp.identifiers.acquisition_datetime:
+        common[14] = _ts(inp.identifiers.acquisition_datetime)
+    return [
+        _segment("OBX", {1: str(set_id), **fields, **common})
+        for set_id, fields in enumerate(observations, start=1)
+    ]
 
 
 # -- validation -----------------------------------------------------------------------------------------

@@ -127,47 +127,118 @@ def build_encapsulated_pdf(
     source, _ = source_evidence(inp, uid_root=uid_root)
     series_uid, sop_uid = result_uids(inp, "pdf", uid_root=uid_root)
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    # Patient and General Study modules: copied unchanged from the source (or identifiers stand-in).
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "IssuerOfPatientID",
-        "IssuerOfPatientIDQualifiersSequence",
-        "PatientBirthDate",
-        "PatientSex",
-        "PatientAge",
-        "OtherPatientIDsSequence",
-        "StudyInstanceUID",
-        "StudyDate",
-        "StudyTime",
-        "ReferringPhysicianName",
-        "StudyID",
-        "AccessionNumber",
-        "IssuerOfAccessionNumberSequence",
-        "StudyDescription",
-    ):
+    _copy_patient_and_study(ds, source)
+    _set_series_and_equipment(ds, inp, series_uid=series_uid, manufacturer=manufacturer)
+    _set_encapsulated_document(ds, inp, pdf_bytes, source=source)
+    _set_sop_common(ds, inp, sop_uid=sop_uid, manufacturer=manufacturer, uid_root=uid_root)
+    ds.file_meta = _file_meta(ds)
+    logger.info("built encapsulated PDF sop=%s source=%s", uid_hash(sop_uid), uid_hash(inp.uid_source_key))
+    return ds
+
+
+# -- the Encapsulated PDF modules -----------------------------------------------------------------------
+
+#: Patient and General Study module attributes copied unchanged from the source.
+_PATIENT_STUDY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "OtherPatientIDsSequence",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "StudyDescription",
+)
+#: Type 2 attributes of those modules: present (empty) when the source has none.
+_PATIENT_STUDY_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _copy_patient_and_study(ds: Dataset, source: Dataset) -> None:
+    """Patient and General Study modules: copied unchanged from the source (or identifiers stand-in).
+
+    Parameters
+    ----------
+    ds:
+        The object being built; changed in place.
+    source:
+        The source evidence (:func:`~ecgcad.integration.reports.sr.source_evidence`).
+    """
+    for keyword in _PATIENT_STUDY_KEYWORDS:
         if keyword in source:
             ds[keyword] = source[keyword]
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime"):
+    for keyword in _PATIENT_STUDY_TYPE_2:
         if keyword not in ds:
             setattr(ds, keyword, "")
-    for keyword in ("ReferringPhysicianName", "StudyID", "AccessionNumber"):
-        if keyword not in ds:
-            setattr(ds, keyword, "")
+
+
+def _set_series_and_equipment(
+    ds: Dataset, inp: StenosisReportInput, *, series_uid: str, manufacturer: str
+) -> None:
+    """Encapsulated Document Series, General Equipment and SC Equipment modules.
+
+    Parameters
+    ----------
+    ds:
+        The object being built; changed in place.
+    inp:
+        The report input (the series date and time are the result time).
+    series_uid:
+        Series Instance UID (deterministic, :func:`~ecgcad.integration.reports.content.result_uids`).
+    manufacturer:
+        Manufacturer.
+    """
     when = inp.result_time
-    ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
-    ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = series_uid
     ds.Modality = "DOC"
     ds.SeriesNumber = PDF_SERIES_NUMBER
     ds.SeriesDescription = "AI ECG coronary stenosis risk (PDF)"
-    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = when.strftime("%Y%m%d")
-    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = when.strftime("%H%M%S")
-    ds.AcquisitionDateTime = when.strftime("%Y%m%d%H%M%S")
+    ds.SeriesDate = when.strftime("%Y%m%d")
+    ds.SeriesTime = when.strftime("%H%M%S")
     ds.Manufacturer = manufacturer
     ds.ConversionType = "WSD"
+
+
+def _set_encapsulated_document(
+    ds: Dataset, inp: StenosisReportInput, pdf_bytes: bytes | bytearray, *, source: Dataset
+) -> None:
+    """Encapsulated Document module: the PDF, its title and times, and the source ECG it reports on.
+
+    Parameters
+    ----------
+    ds:
+        The object being built; changed in place.
+    inp:
+        The report input: Instance Number (the result version), content and acquisition times (the
+        result time), and whether there is a real source to reference.
+    pdf_bytes:
+        The PDF, padded here to even length (PS3.3 C.24.2); Encapsulated Document Length is its own.
+    source:
+        The source evidence; referenced in Source Instance Sequence only when it is the real source
+        ECG (the identifiers stand-in is no object to reference).
+    """
+    when = inp.result_time
     ds.InstanceNumber = inp.result_version
+    ds.ContentDate = when.strftime("%Y%m%d")
+    ds.ContentTime = when.strftime("%H%M%S")
+    ds.AcquisitionDateTime = when.strftime("%Y%m%d%H%M%S")
     ds.BurnedInAnnotation = "YES"
     ds.DocumentTitle = "AI ECG coronary stenosis risk"
     ds.ConceptNameCodeSequence = []
@@ -182,6 +253,52 @@ def build_encapsulated_pdf(
         ref.ReferencedSOPClassUID = source.SOPClassUID
         ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
         ds.SourceInstanceSequence = [ref]
+
+
+def _set_sop_common(
+    ds: Dataset, inp: StenosisReportInput, *, sop_uid: str, manufacturer: str, uid_root: str | None
+) -> None:
+    """SOP Common module: SOP Class and Instance UIDs, character set, creation time, our equipment.
+
+    Parameters
+    ----------
+    ds:
+        The object being built; changed in place.
+    inp:
+        The report input (the creation date and time are the result time).
+    sop_uid:
+        SOP Instance UID (deterministic, :func:`~ecgcad.integration.reports.content.result_uids`).
+    manufacturer:
+        Manufacturer of the contributing algorithm.
+    uid_root:
+        Optional registered UID root (the algorithm's Device UID).
+    """
+    when = inp.result_time
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceCreationDate = when.strftime("%Y%m%d")
+    ds.InstanceCreationTime = when.strftime("%H%M%S")
+    ds.ContributingEquipmentSequence = [_processing_equipment(inp, manufacturer, uid_root=uid_root)]
+
+
+def _processing_equipment(inp: StenosisReportInput, manufacturer: str, *, uid_root: str | None) -> Dataset:
+    """The Contributing Equipment item of our algorithm (purpose ``(109102, DCM, "Processing Equipment")``).
+
+    Parameters
+    ----------
+    inp:
+        The report input: model name and version, checkpoint (serial number).
+    manufacturer:
+        Manufacturer of the algorithm.
+    uid_root:
+        Optional registered UID root (the checkpoint-dependent Device UID).
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The item, as the SR's algorithm equipment without a contribution time.
+    """
     equipment = Dataset()
     equipment.Manufacturer = manufacturer
     equipment.ManufacturerModelName = inp.model_name[:64]
@@ -194,16 +311,17 @@ def build_encapsulated_pdf(
     equipment.PurposeOfReferenceCodeSequence = [purpose]
     equipment.ContributionDescription = f"Processing Algorithm: {inp.model_name} {inp.model_version}"[:64]
     equipment.DeviceUID = device_uid_for(inp, uid_root=uid_root)
-    ds.ContributingEquipmentSequence = [equipment]
+    return equipment
 
+
+def _file_meta(ds: Dataset) -> FileMetaDataset:
+    """File meta information of ``ds`` (Explicit VR Little Endian, pydicom's implementation UID)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    logger.info("built encapsulated PDF sop=%s source=%s", uid_hash(sop_uid), uid_hash(inp.uid_source_key))
-    return ds
+    return meta
 
 
 # -- drawing --------------------------------------------------------------------------------------------

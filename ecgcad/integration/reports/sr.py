@@ -418,8 +418,56 @@ def _document(
     institution_name: str | None,
     from_source: bool,
 ) -> Dataset:
-    """The SR: highdicom's ``_SR`` / ``SOPClass`` constructors, then ours (:func:`_finish_common`)."""
-    # Patient and study values highdicom takes (and checks) before copying the modules.
+    """The SR: highdicom's ``_SR`` / ``SOPClass`` constructors, then ours (:func:`_finish_common`).
+
+    The steps run in highdicom's order, which matters: a later step replaces what an earlier one set (the
+    copied Patient and Study modules replace the checked values, the result time the series date).
+    """
+    sr = Dataset()
+    sr.preamble = b"\x00" * 128
+    _set_patient_and_study(sr, evidence)
+    _check_long_string(manufacturer)
+    sr.file_meta = _file_meta(sop_class_uid, sop_uid)
+    _set_series_and_document(
+        sr,
+        inp,
+        sop_class_uid=sop_class_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        manufacturer=manufacturer,
+        institution_name=institution_name,
+    )
+    root = _content(
+        inp, manufacturer=manufacturer, device_name=device_name, device_uid=device_uid, uid_root=uid_root
+    )
+    for element in root:
+        sr.add(element)
+    _set_evidence_and_references(sr, inp, evidence, series_uid=series_uid, from_source=from_source)
+    _copy_patient_and_study_modules(sr, evidence)
+    sr.ContributingEquipmentSequence = _contributing_equipment_sequence(inp, evidence, manufacturer)
+    _finish_common(sr, inp, device_uid=device_uid)
+    sr.SeriesDescription = "AI ECG coronary stenosis risk (SR)"
+    sr.CodingSchemeIdentificationSequence = [_private_scheme_item()]
+    return sr
+
+
+def _set_patient_and_study(sr: Dataset, evidence: Dataset) -> None:
+    """The patient and study values highdicom takes (and checks) before copying the modules.
+
+    Parameters
+    ----------
+    sr:
+        The document being built; changed in place.
+    evidence:
+        The source evidence (:func:`source_evidence`).
+
+    Raises
+    ------
+    AttributeError
+        A required source attribute is missing.
+    ValueError
+        Patient's Sex is not a ``PatientSexValues`` value.
+    """
     study_uid = evidence.StudyInstanceUID
     patient_id = evidence.PatientID
     patient_name = evidence.PatientName
@@ -431,11 +479,6 @@ def _document(
     study_time = evidence.StudyTime
     if sex is not None and sex != "":
         sex = PatientSexValues(sex).value
-    _check_long_string(manufacturer)
-
-    sr = Dataset()
-    sr.preamble = b"\x00" * 128
-    sr.file_meta = _file_meta(sop_class_uid, sop_uid)
     sr.PatientID = patient_id
     sr.PatientName = patient_name
     sr.PatientBirthDate = DA(birth_date)
@@ -446,6 +489,33 @@ def _document(
     sr.StudyDate = DA(study_date) if study_date is not None else None
     sr.StudyTime = TM(study_time) if study_time is not None else None
     sr.ReferringPhysicianName = evidence.get("ReferringPhysicianName")
+
+
+def _set_series_and_document(
+    sr: Dataset,
+    inp: StenosisReportInput,
+    *,
+    sop_class_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    manufacturer: str,
+    institution_name: str | None,
+) -> None:
+    """SR Document Series, General Equipment, SOP Common and the SR Document General flags.
+
+    Parameters
+    ----------
+    sr:
+        The document being built; changed in place.
+    inp:
+        The report input (Instance Number is the result version).
+    sop_class_uid, series_uid, sop_uid:
+        SOP Class UID and the deterministic Series and SOP Instance UIDs.
+    manufacturer:
+        Manufacturer (already checked as an LO).
+    institution_name:
+        Institution Name, or ``None`` to leave it out.
+    """
     sr.SeriesInstanceUID = series_uid
     sr.SeriesNumber = SR_SERIES_NUMBER
     sr.Modality = "SR"
@@ -456,18 +526,32 @@ def _document(
     sr.SpecificCharacterSet = "ISO_IR 192"
     if institution_name is not None:
         sr.InstitutionName = institution_name
+    # A machine result: complete, never verified by a person, preliminary.
     sr.CompletionFlag = "COMPLETE"
     sr.VerificationFlag = "UNVERIFIED"
     sr.PreliminaryFlag = "PRELIMINARY"
 
-    root = _content(
-        inp, manufacturer=manufacturer, device_name=device_name, device_uid=device_uid, uid_root=uid_root
-    )
-    for element in root:
-        sr.add(element)
 
+def _set_evidence_and_references(
+    sr: Dataset, inp: StenosisReportInput, evidence: Dataset, *, series_uid: str, from_source: bool
+) -> None:
+    """The SR Document General references: evidence, requested procedure, predecessor, performed procedure.
+
+    Parameters
+    ----------
+    sr:
+        The document being built; changed in place.
+    inp:
+        The report input: order numbers, accession number, requested procedure, predecessor.
+    evidence:
+        The source evidence (:func:`source_evidence`).
+    series_uid:
+        The SR's series, where a predecessor without its own series UID is taken to be.
+    from_source:
+        Whether ``evidence`` is the real source ECG: only then is it listed as evidence (the identifiers
+        stand-in is not an object we can reference).
+    """
     if from_source:
-        # The identifiers stand-in is not an object we can reference: no evidence sequences for it.
         sr.CurrentRequestedProcedureEvidenceSequence = [
             _reference(
                 evidence.StudyInstanceUID,
@@ -492,22 +576,58 @@ def _document(
     sr.PerformedProcedureCodeSequence = []
     sr.ReferencedPerformedProcedureStepSequence = []
 
+
+def _copy_patient_and_study_modules(sr: Dataset, evidence: Dataset) -> None:
+    """Copy the Patient and Study module root attributes of the source's IOD into the document.
+
+    As highdicom's ``copy_patient_and_study_information``; they replace the values
+    :func:`_set_patient_and_study` set.
+
+    Parameters
+    ----------
+    sr:
+        The document being built; changed in place.
+    evidence:
+        The source evidence (:func:`source_evidence`).
+
+    Raises
+    ------
+    BuildError
+        The source SOP class has no IOD in highdicom's tables.
+    """
     for tag in _patient_study_tags(evidence.SOPClassUID):
         if tag in evidence:
             sr.add(evidence[tag])
 
+
+def _contributing_equipment_sequence(
+    inp: StenosisReportInput, evidence: Dataset, manufacturer: str
+) -> list[Dataset]:
+    """Contributing Equipment: the source's acquisition device, our algorithm, highdicom.
+
+    The acquisition device only for an image source, as highdicom does (never for an ECG).
+
+    Parameters
+    ----------
+    inp:
+        The report input (the algorithm's identity).
+    evidence:
+        The source evidence.
+    manufacturer:
+        Manufacturer of the algorithm.
+
+    Returns
+    -------
+    list[pydicom.dataset.Dataset]
+        The items; the algorithm's Device UID is added by :func:`_finish_common`.
+    """
     equipment: list[Dataset] = []
     if _is_image(evidence.SOPClassUID):
         with contextlib.suppress(Exception):  # as highdicom: no equipment item when it cannot be made
             equipment.append(hd.ContributingEquipment.for_image_acquisition(evidence))
     equipment.append(_contributing_equipment(inp, manufacturer))
     equipment.append(hd.ContributingEquipment.for_highdicom())
-    sr.ContributingEquipmentSequence = equipment
-
-    _finish_common(sr, inp, device_uid=device_uid)
-    sr.SeriesDescription = "AI ECG coronary stenosis risk (SR)"
-    sr.CodingSchemeIdentificationSequence = [_private_scheme_item()]
-    return sr
+    return equipment
 
 
 def _check_long_string(value: str) -> None:
