@@ -6,7 +6,6 @@ import asyncio
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,9 @@ from ecgcad.context import AppContext
 from ecgcad.db.models import AuditEvent, Job, SourceObject
 from ecgcad.db.session import Database
 from ecgcad.integration.mllp import frame
-from ecgcad.listeners.hl7_server import Hl7Server
 from tests.listeners.hl7util import PATIENT_ID, PATIENT_NAME, SocketClient, asyncio_send_all, msa, oru
 
 MLLP_SEND = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "mllp_send"
-
-
-@pytest.fixture
-def start_server(
-    make_ctx: Callable[..., AppContext],
-) -> Iterator[Callable[..., tuple[Hl7Server, AppContext]]]:
-    running: list[Hl7Server] = []
-
-    def start(**overrides: Any) -> tuple[Hl7Server, AppContext]:
-        ctx = make_ctx(**overrides)
-        server = Hl7Server(ctx)
-        server.start()
-        running.append(server)
-        return server, ctx
-
-    yield start
-    for server in running:
-        server.stop()
 
 
 def _count(ctx: AppContext, model: Any, *where: Any) -> int:
