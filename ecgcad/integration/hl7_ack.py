@@ -132,7 +132,7 @@ _MESSAGE_TYPES = frozenset(
 _TRIGGER_EVENT = re.compile(r"[A-Z][0-9]{2}")
 
 
-def loggable_message_type(type_code: str) -> str:
+def loggable_message_type(type_code: str | None) -> str:
     """``type_code`` (MSH-9.1^MSH-9.2, as :attr:`MessageHeader.type_code`) when it is a table-0076 message
     type with a table-0003-shaped event, else ``type#`` and its hash.
 
@@ -142,13 +142,15 @@ def loggable_message_type(type_code: str) -> str:
     Parameters
     ----------
     type_code:
-        The message type, ``ORU^R01`` or ``ADT`` (any text).
+        The message type, ``ORU^R01`` or ``ADT`` (any text), or ``None``.
 
     Returns
     -------
     str
-        ``type_code`` itself, or ``"type#"`` followed by a 12-character SHA-256 prefix.
+        ``type_code`` itself, ``"type#"`` followed by a 12-character SHA-256 prefix, or ``"-"`` for ``None``.
     """
+    if type_code is None:
+        return "-"
     code, _, event = type_code.partition("^")
     if code in _MESSAGE_TYPES and (not event or _TRIGGER_EVENT.fullmatch(event)):
         return type_code

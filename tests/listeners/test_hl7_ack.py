@@ -166,3 +166,7 @@ def test_parse_order_reads_omg_ipc_accession() -> None:
     omg = b"MSH|^~\\&|A|B|C|D|2024||OMG^O19^OMG_O19|Z|P|2.5.1\rPID|1||P1\rORC|NW|PL9\rOBR|1|PL9\rIPC|ACC9^HOSP|REQ1|1.2.3|SPS1\r"
     info = parse_order(omg)
     assert (info.placer_order_number, info.accession_number) == ("PL9", "ACC9")
+
+
+def test_missing_message_type_is_logged_as_a_dash() -> None:
+    assert loggable_message_type(None) == "-"
