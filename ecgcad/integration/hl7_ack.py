@@ -130,6 +130,8 @@ _MESSAGE_TYPES = frozenset(
 )
 #: MSH-9.2 trigger events (table 0003) have this shape: a letter and two digits (``A08``, ``R01``).
 _TRIGGER_EVENT = re.compile(r"[A-Z][0-9]{2}")
+#: Well-formed types already seen (bounded; only ever values that are safe to log).
+_WELL_FORMED_TYPES: set[str] = set()
 
 
 def loggable_message_type(type_code: str | None) -> str:
@@ -151,8 +153,12 @@ def loggable_message_type(type_code: str | None) -> str:
     """
     if type_code is None:
         return "-"
+    if type_code in _WELL_FORMED_TYPES:  # the listener's hot path: a type seen before
+        return type_code
     code, _, event = type_code.partition("^")
     if code in _MESSAGE_TYPES and (not event or _TRIGGER_EVENT.fullmatch(event)):
+        if len(_WELL_FORMED_TYPES) < 4096:
+            _WELL_FORMED_TYPES.add(type_code)
         return type_code
     return "type#" + uid_hash(type_code)
 
