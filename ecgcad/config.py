@@ -99,9 +99,19 @@ class Hl7Settings(_Section):
         16 * 1024 * 1024, gt=0, description="Larger frames get AR and the connection closes."
     )
     idle_timeout_s: float = Field(
-        300.0, gt=0, description="Idle connections are closed after this many seconds."
+        300.0,
+        gt=0,
+        description="A connection is closed after this many seconds without an accepted (stored) message.",
     )
     max_connections: int = Field(200, ge=1, description="Concurrent connections.")
+    max_connections_per_address: int = Field(
+        20, ge=1, description="Concurrent connections from one peer address."
+    )
+    max_consecutive_rejections: int = Field(
+        10,
+        ge=1,
+        description="A connection is closed after this many rejected (AR) messages in a row.",
+    )
     accept_other_types: bool = Field(
         False, description="Acknowledge (AA) message types we do not use instead of AR."
     )

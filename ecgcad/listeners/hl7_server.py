@@ -15,10 +15,20 @@ message                                                        MSA-1       then
 =============================================================  ==========  ==================================
 stored, or a retransmission of a stored message                AA / CA
 storage failure, back-pressure, unexpected error               AE / CE     the sender retries
-not HL7 / no MSH / MSH-9 or MSH-10 empty                       AR / CR
+not HL7 / no MSH / MSH-9 or MSH-10 empty / control characters  AR / CR
+as MSH-1 or MSH-2 / MLLP block characters in MSH
 message type we do not use (unless ``accept_other_types``)     AR / CR
+frame cut short by a start block (its end block missing)       AR / CR     the next frame is read on its own
 frame over ``max_message_bytes``                               AR / CR     the connection is closed
+the ``max_consecutive_rejections``-th AR in a row              AR / CR     the connection is closed
 =============================================================  ==========  ==================================
+
+A connection is closed when no message was *accepted* (stored) for ``idle_timeout_s``: rejected messages and
+keep-alive frames do not keep it open, so a peer cannot hold a slot with answers it provokes. At most
+``max_connections`` connections are open, ``max_connections_per_address`` of them from one address.
+
+Log lines carry the peer address, hashes (MSH-10) and structure (sizes, counts, well-formed message types);
+never a field as the sender wrote it (:func:`~ecgcad.integration.transport.hl7_ack.loggable_message_type`).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, StorageError
 from ecgcad.integration.transport import hl7_ack
 from ecgcad.integration.transport.hl7_ack import Hl7HeaderError, MessageHeader
-from ecgcad.integration.transport.mllp import MllpDecoder, MllpFrameTooLarge, frame
+from ecgcad.integration.transport.mllp import MllpDecoder, MllpFrameTooLarge, UnterminatedFrame, frame
 from ecgcad.listeners.allowlist import AddressAllowList
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
@@ -78,6 +88,8 @@ class Hl7Server:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._address: tuple[str, int] | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        #: Open connections per peer address (only the loop's thread touches it).
+        self._per_address: dict[str, int] = {}
         self._stopping = False
         self.acknowledged = 0
 
@@ -203,6 +215,7 @@ class Hl7Server:
         assert task is not None
         peername = writer.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        counted = False
         try:
             if not self.address_allow_list.allows(peer):
                 logger.warning("refused MLLP connection from %s: address not allowed", peer)
@@ -226,7 +239,23 @@ class Hl7Server:
                     detail={"reason": "connection limit reached"},
                 )
                 return
+            open_here = self._per_address.get(peer, 0)
+            if open_here >= self.settings.max_connections_per_address:
+                logger.warning(
+                    "refused MLLP connection from %s: %d connections from this address open", peer, open_here
+                )
+                await self._run(
+                    self._audit,
+                    "hl7.rejected",
+                    outcome=4,
+                    address=peer,
+                    detail={"reason": "connection limit per address reached"},
+                )
+                return
+            # No await between the checks and here: the counts cannot change in between.
             self._connections.add(task)
+            self._per_address[peer] = open_here + 1
+            counted = True
             await self._run(self._audit, "hl7.connection", address=peer, detail={"event": "opened"})
             await self._serve(reader, writer, peer)
         except asyncio.CancelledError:
@@ -237,6 +266,12 @@ class Hl7Server:
             logger.exception("unexpected error on MLLP connection from %s", peer)
         finally:
             self._connections.discard(task)
+            if counted:
+                left = self._per_address[peer] - 1
+                if left:
+                    self._per_address[peer] = left
+                else:
+                    del self._per_address[peer]
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
@@ -245,9 +280,11 @@ class Hl7Server:
         s = self.settings
         decoder = MllpDecoder(s.max_message_bytes)
         loop = asyncio.get_running_loop()
-        # The deadline moves only when a whole message arrives: a peer dripping bytes (slowloris) is as idle
-        # as a silent one and cannot hold a connection slot for ever.
+        # The deadline moves only when a message is accepted (stored): a peer dripping bytes (slowloris) or
+        # sending frames we reject (keep-alives answered AR) is as idle as a silent one and cannot hold a
+        # connection slot for ever.
         deadline = loop.time() + s.idle_timeout_s
+        rejections = 0  # messages rejected (AR) in a row
         while True:
             try:
                 # ``asyncio.timeout`` rather than ``wait_for``, which wraps each read in a task (~20 µs).
@@ -255,7 +292,7 @@ class Hl7Server:
                     data = await reader.read(READ_CHUNK)
             except TimeoutError:
                 logger.info(
-                    "closing MLLP connection from %s: no complete message for %.0f s", peer, s.idle_timeout_s
+                    "closing MLLP connection from %s: no accepted message for %.0f s", peer, s.idle_timeout_s
                 )
                 return
             if not data:
@@ -269,16 +306,30 @@ class Hl7Server:
                 oversize: MllpFrameTooLarge | None = None
             except MllpFrameTooLarge as exc:
                 messages, oversize = exc.frames, exc
-            if messages:
-                deadline = loop.time() + s.idle_timeout_s
             # Frames that arrived together are stored together (one group commit, shared with concurrent
             # connections); their ACKs go out in order, after the commit.
-            acks = await self._handle_messages(messages, peer) if messages else []
+            acks: list[bytes | None] = []
+            if messages:
+                acks, accepted, rejections = await self._handle_messages(messages, peer, rejections)
+                if accepted:
+                    deadline = loop.time() + s.idle_timeout_s
             for ack in acks:
                 if ack is not None:
                     writer.write(frame(ack))
             if acks:
                 await writer.drain()
+            if rejections >= s.max_consecutive_rejections:
+                logger.warning(
+                    "closing MLLP connection from %s: %d messages in a row rejected", peer, rejections
+                )
+                await self._run(
+                    self._audit,
+                    "hl7.rejected",
+                    outcome=4,
+                    address=peer,
+                    detail={"reason": "too many rejected messages in a row", "limit": rejections},
+                )
+                return
             if oversize is not None:
                 logger.warning("MLLP frame from %s over %d bytes: AR and close", peer, oversize.limit)
                 await self._run(
@@ -302,21 +353,36 @@ class Hl7Server:
                 return
 
     # -- messages ------------------------------------------------------------------------------------------
-    async def _handle_messages(self, messages: list[bytes], peer: str) -> list[bytes | None]:
-        """The answers to ``messages`` (in order); the accepted ones are stored in one group commit."""
-        answers: list[bytes | None] = [None] * len(messages)
-        to_store: list[tuple[int, MessageHeader]] = []
-        for n, message in enumerate(messages):
+    async def _handle_messages(
+        self, messages: list[bytes], peer: str, rejections: int
+    ) -> tuple[list[bytes | None], int, int]:
+        """Answer ``messages`` (in order), storing the acceptable ones in one group commit.
+
+        ``rejections`` is the count of messages rejected in a row before these. Returns the answers, how many
+        messages were accepted (stored, or retransmissions of stored ones) and the new count of rejections in
+        a row. Once that count reaches ``max_consecutive_rejections`` the messages after it are neither
+        stored nor answered: the connection is about to be closed.
+        """
+        limit = self.settings.max_consecutive_rejections
+        answers: list[bytes | None] = []
+        to_store: list[tuple[int, MessageHeader, bytes]] = []
+        for message in messages:
             header, answer, reason = self._check(message, peer)
             if header is None:
-                answers[n] = answer
+                answers.append(answer)
                 await self._run(self._audit, "hl7.rejected", outcome=4, address=peer, detail=reason)
+                rejections += 1
+                if rejections >= limit:
+                    break
             else:
-                to_store.append((n, header))
+                rejections = 0
+                to_store.append((len(answers), header, message))
+                answers.append(None)
         if not to_store:
-            return answers
+            return answers, 0, rejections
         batch = [
-            Hl7Message(messages[n], header.message_control_id, header.type_code) for n, header in to_store
+            Hl7Message(message, header.message_control_id, header.type_code)
+            for _, header, message in to_store
         ]
         try:
             if len(self._connections) <= 1:
@@ -330,9 +396,12 @@ class Hl7Server:
         except Exception as exc:  # noqa: BLE001 - the boundary: every exception becomes an ACK
             logger.exception("unexpected error storing %d messages from %s", len(batch), peer)
             outcomes = [exc] * len(batch)
-        for (n, header), outcome in zip(to_store, outcomes, strict=True):
+        accepted = 0
+        for (n, header, _), outcome in zip(to_store, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                accepted += 1
             answers[n] = self._answer(header, outcome)
-        return answers
+        return answers, accepted, rejections
 
     def _check(
         self, message: bytes, peer: str
@@ -340,21 +409,45 @@ class Hl7Server:
         """``(header, None, None)`` for a message to store, or ``(None, the AR answer, the audited reason)``
         for one to reject."""
         s = self.settings
+        if type(message) is UnterminatedFrame:
+            return self._check_unterminated(message, peer)
         try:
             header = hl7_ack.parse_header(message)
         except Hl7HeaderError as exc:
-            logger.warning("rejected message from %s: %s", peer, exc)
+            # the messages of Hl7HeaderError are fixed texts, never a field of the message
+            logger.warning("rejected message from %s: %s (%d bytes)", peer, exc, len(message))
             return None, self._ack(None, "reject", str(exc), exc.code, exc.location), {"reason": str(exc)}
         if not is_supported(header) and not s.accept_other_types:
             reason = f"message type {header.type_code} is not accepted"
             control = uid_hash(header.message_control_id)
-            logger.info("rejected %s msh10#%s from %s", header.type_code, control, peer)
+            # MSH-9 is the sender's text (a misaligned message can carry a name there): logged only when it
+            # is a well-formed message type, else hashed.
+            logged_type = hl7_ack.loggable_message_type(header.type_code)
+            logger.info("rejected %s msh10#%s from %s", logged_type, control, peer)
             return (
                 None,
                 self._ack(header, "reject", reason, hl7_ack.ERR_UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9"),
                 {"reason": reason, "control_id_hash": control},
             )
         return header, None, None
+
+    def _check_unterminated(self, message: bytes, peer: str) -> tuple[None, bytes | None, dict[str, Any]]:
+        """The AR for a frame that a start block cut short: it is never stored (what followed its start
+        block may belong to another message, another patient). Its MSH-10 is echoed when it has a header."""
+        try:
+            header: MessageHeader | None = hl7_ack.parse_header(message)
+        except Hl7HeaderError:
+            header = None
+        control = uid_hash(header.message_control_id) if header is not None else "-"
+        reason = "MLLP frame without its end block (a start block followed)"
+        logger.warning(
+            "rejected MLLP frame from %s cut short by a start block (%d bytes, msh10#%s)",
+            peer,
+            len(message),
+            control,
+        )
+        answer = self._ack(header, "reject", reason, hl7_ack.ERR_SEGMENT_SEQUENCE, "MSH")
+        return None, answer, {"reason": reason, "control_id_hash": control, "bytes": len(message)}
 
     def _answer(self, header: MessageHeader, outcome: Any) -> bytes | None:
         """The ACK for a message the ingestor stored (an :class:`IngestResult`) or refused (an exception)."""

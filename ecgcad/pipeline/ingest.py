@@ -37,6 +37,7 @@ from ecgcad.db.prepared import DirectInsert, Prepared, bound_to, insert_ignoring
 from ecgcad.db.session import Database, DirectTransaction
 from ecgcad.errors import BackPressureError, EcgcadError, StorageError
 from ecgcad.integration.formats.ecg import Ecg, EcgIdentifiers
+from ecgcad.integration.transport.hl7_ack import loggable_message_type
 from ecgcad.jobs.queue import JobQueue, SqlJobQueue
 from ecgcad.logsetup import uid_hash
 
@@ -542,7 +543,9 @@ class Ingestor:
                 address=peer_address,
                 detail={"sha256": sha, "message_type": message_type, "control_id_hash": control},
             )
-            logger.info("stored HL7 %s msh10#%s (job %s)", message_type, control, job_id)
+            # MSH-9 as sent can be any text when accept_other_types is on: only a well-formed type is logged
+            logged_type = loggable_message_type(message_type)
+            logger.info("stored HL7 %s msh10#%s (job %s)", logged_type, control, job_id)
             return IngestResult(source_id, None, job_id)
 
         return apply

@@ -14,6 +14,7 @@ from pydicom.data import get_testdata_file
 from ecgcad.config import Settings, load_settings
 from ecgcad.context import AppContext
 from ecgcad.db.migrate import upgrade
+from ecgcad.listeners.hl7_server import Hl7Server
 
 ECG_FILE = str(get_testdata_file("waveform_ecg.dcm"))
 
@@ -67,3 +68,22 @@ def require_tool(name: str) -> str:
     if not path:
         pytest.skip(f"{name} is not installed")
     return path
+
+
+@pytest.fixture
+def start_server(
+    make_ctx: Callable[..., AppContext],
+) -> Iterator[Callable[..., tuple[Hl7Server, AppContext]]]:
+    """Start an :class:`Hl7Server` on an ephemeral loopback port (settings overrides as keyword dicts)."""
+    running: list[Hl7Server] = []
+
+    def start(**overrides: Any) -> tuple[Hl7Server, AppContext]:
+        ctx = make_ctx(**overrides)
+        server = Hl7Server(ctx)
+        server.start()
+        running.append(server)
+        return server, ctx
+
+    yield start
+    for server in running:
+        server.stop()

@@ -9,6 +9,7 @@ from ecgcad.integration.transport.hl7_ack import (
     Hl7HeaderError,
     ack_code,
     build_ack,
+    loggable_message_type,
     parse_header,
     parse_order,
     split_segments,
@@ -54,6 +55,45 @@ def test_parse_header_rejects_messages_without_usable_msh(data: bytes, code: str
     with pytest.raises(Hl7HeaderError) as info:
         parse_header(data)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("control", [b"\x0b", b"\x1c", b"\x0c", b"\x00", b"\x1b", b"\x7f", b"\x85"], ids=repr)
+@pytest.mark.parametrize("where", ["MSH-1", "MSH-2"])
+def test_parse_header_refuses_control_characters_as_delimiters(control: bytes, where: str) -> None:
+    data = ORU.replace(b"|", control) if where == "MSH-1" else ORU.replace(b"^~", b"^" + control, 1)
+    with pytest.raises(Hl7HeaderError) as info:
+        parse_header(data)
+    assert info.value.code == "100"
+    assert info.value.location == ("MSH^1^1" if where == "MSH-1" else "MSH^1^2")
+
+
+@pytest.mark.parametrize("block", [b"\x0b", b"\x1c"])
+def test_parse_header_refuses_mllp_block_characters_in_msh(block: bytes) -> None:
+    with pytest.raises(Hl7HeaderError):
+        parse_header(ORU.replace(b"|CART|", b"|CA" + block + b"RT|"))
+
+
+@pytest.mark.parametrize(
+    ("type_code", "logged"),
+    [
+        ("ORU^R01", "ORU^R01"),
+        ("QRY^A19", "QRY^A19"),
+        ("ADT", "ADT"),
+        ("DOE^JANET", None),
+        ("DOE^JAN", None),
+        ("DOE", None),
+        ("ORR^ANN", None),
+        ("19600101", None),
+        ("ORU^R0\xb2", None),
+    ],
+)
+def test_message_type_is_logged_only_when_it_is_well_formed(type_code: str, logged: str | None) -> None:
+    out = loggable_message_type(type_code)
+    if logged is not None:
+        assert out == logged
+    else:
+        assert out.startswith("type#") and type_code not in out
+        assert out == loggable_message_type(type_code)  # stable: the same type hashes the same
 
 
 def test_ack_swaps_applications_and_echoes_control_id() -> None:
@@ -126,3 +166,7 @@ def test_parse_order_reads_omg_ipc_accession() -> None:
     omg = b"MSH|^~\\&|A|B|C|D|2024||OMG^O19^OMG_O19|Z|P|2.5.1\rPID|1||P1\rORC|NW|PL9\rOBR|1|PL9\rIPC|ACC9^HOSP|REQ1|1.2.3|SPS1\r"
     info = parse_order(omg)
     assert (info.placer_order_number, info.accession_number) == ("PL9", "ACC9")
+
+
+def test_missing_message_type_is_logged_as_a_dash() -> None:
+    assert loggable_message_type(None) == "-"

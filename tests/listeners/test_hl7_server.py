@@ -6,7 +6,7 @@ import asyncio
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +21,6 @@ from ecgcad.listeners.hl7_server import Hl7Server
 from tests.listeners.hl7util import PATIENT_ID, PATIENT_NAME, SocketClient, asyncio_send_all, msa, oru
 
 MLLP_SEND = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "mllp_send"
-
-
-@pytest.fixture
-def start_server(
-    make_ctx: Callable[..., AppContext],
-) -> Iterator[Callable[..., tuple[Hl7Server, AppContext]]]:
-    running: list[Hl7Server] = []
-
-    def start(**overrides: Any) -> tuple[Hl7Server, AppContext]:
-        ctx = make_ctx(**overrides)
-        server = Hl7Server(ctx)
-        server.start()
-        running.append(server)
-        return server, ctx
-
-    yield start
-    for server in running:
-        server.stop()
 
 
 def _count(ctx: AppContext, model: Any, *where: Any) -> int:
@@ -220,16 +202,215 @@ def test_back_pressure_gives_ae(start_server: Any) -> None:
     client.close()
 
 
-def test_logs_carry_no_patient_data(start_server: Any, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="ecgcad")
-    server, _ = start_server()
+# -- no PHI in logs, on every path a message or a connection can be refused ----------------------------------
+_PID = PATIENT_ID.encode()
+_NAME = PATIENT_NAME.encode()
+_PHI_SEGMENT = b"PID|1||" + _PID + b"^^^HOSP^MR||" + _NAME + b"||19600101|M\r"
+
+
+def _phi_msh(*fields: bytes, fs: bytes = b"|") -> bytes:
+    """``MSH`` + fs + ``fields`` joined by ``fs`` + CR + a PID segment carrying the test patient."""
+    return b"MSH" + fs + fs.join(fields) + b"\r" + _PHI_SEGMENT
+
+
+def _answers(client: SocketClient) -> list[str]:
+    """MSA-1 of every answer until the server closes the connection."""
+    out: list[str] = []
+    while True:
+        try:
+            out.append(msa(client.recv_ack())[1])
+        except ConnectionError:
+            return out
+
+
+def _phi_accepted_and_unsupported_type(server: Hl7Server, ctx: AppContext) -> None:
     client = SocketClient(server.address)
-    client.send(oru("L1"))
-    client.send(b"MSH|^~\\&|A|B|C|D|2024||QRY^A19|Q1|P|2.5.1\rPID|1||" + PATIENT_ID.encode() + b"\r")
+    assert msa(client.send(oru("L1")))[1] == "AA"
+    assert msa(client.send(b"MSH|^~\\&|A|B|C|D|2024||QRY^A19|Q1|P|2.5.1\r" + _PHI_SEGMENT))[1] == "AR"
     client.close()
+
+
+def _phi_name_in_msh9(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address)
+    message = _phi_msh(b"^~\\&", b"A", b"B", b"C", b"D", b"2024", b"", _NAME, b"Q2", b"P", b"2.5.1")
+    assert msa(client.send(message))[1] == "AR"
+    client.close()
+
+
+def _phi_form_feed_in_msh(server: Hl7Server, ctx: AppContext) -> None:
+    # a form feed where the sender meant a segment break: PID's fields slide into MSH-5 ... MSH-10
+    client = SocketClient(server.address)
+    message = b"MSH|^~\\&|A|B\x0cPID|1||" + _PID + b"||" + _NAME + b"|Q3|P|2.5.1\r"
+    assert msa(client.send(message))[1] == "AR"
+    client.close()
+
+
+def _phi_form_feed_as_msh1(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address)
+    message = _phi_msh(b"^~\\&", _NAME, b"B", b"C", b"D", b"2024", b"", _NAME, _PID, fs=b"\x0c")
+    assert msa(client.send(message))[1] == "AR"
+    client.close()
+
+
+def _phi_vertical_tab_as_msh1(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address, timeout=5)
+    message = _phi_msh(b"^~\\&", _NAME, b"B", b"C", b"D", b"2024", b"", b"ORU^R01", _PID, fs=b"\x0b")
+    client.send_raw(b"\x0b" + message + b"\x1c\r")
+    answers = _answers(client)  # ARs until max_consecutive_rejections closes the connection
+    client.close()
+    assert answers and set(answers) == {"AR"}
+
+
+def _phi_no_msh(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address)
+    assert msa(client.send(_PHI_SEGMENT))[1] == "AR"
+    client.close()
+
+
+def _phi_empty_msh10(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address)
+    message = _phi_msh(b"^~\\&", _NAME, _PID, b"C", b"D", b"2024", b"", b"ORU^R01", b"", b"P", b"2.5.1")
+    assert msa(client.send(message))[1] == "AR"
+    client.close()
+
+
+def _phi_bad_encoding_characters(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address)
+    message = _phi_msh(_NAME, _PID, b"C", b"D", b"2024", b"", b"ORU^R01", b"Q5", b"P", b"2.5.1")
+    assert msa(client.send(message))[1] == "AR"
+    client.close()
+
+
+def _phi_glued_frames(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address)
+    client.send_raw(b"\x0b" + oru("GLUED-A") + frame(oru("GLUED-B")))
+    assert [msa(client.recv_ack())[1] for _ in range(2)] == ["AR", "AA"]
+    client.close()
+
+
+def _phi_oversized_frame(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address)
+    assert msa(client.send(oru("BIG", extra=PATIENT_NAME * 200)))[1] == "AR"
+    assert client.closed_by_server()
+    client.close()
+
+
+def _phi_rejections_in_a_row(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address, timeout=5)
+    client.send_raw(frame(_PHI_SEGMENT) * 3)
+    answers = _answers(client)
+    client.close()
+    assert answers == ["AR", "AR"]
+
+
+def _phi_back_pressure(server: Hl7Server, ctx: AppContext) -> None:
+    with ctx.db.session() as s:
+        ctx.queue.defer(s, "score", {"ecg_id": 0})
+    client = SocketClient(server.address)
+    assert msa(client.send(oru("BP1")))[1] == "AE"
+    client.close()
+
+
+def _phi_storage_failure(server: Hl7Server, ctx: AppContext) -> None:
+    failing = Database(ctx.db.url)
+
+    @event.listens_for(failing.engine, "connect")
+    def _read_only(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.execute("PRAGMA query_only=ON")
+
+    ctx.ingestor.db = failing
+    client = SocketClient(server.address)
+    try:
+        assert msa(client.send(oru("SF1")))[1] == "AE"
+    finally:
+        ctx.ingestor.db = ctx.db
+        failing.dispose()
+        client.close()
+
+
+def _phi_idle_inside_a_frame(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address, timeout=5)
+    client.send_raw(b"\x0b" + oru("IDLE1"))  # never ended
+    assert client.closed_by_server()
+    client.close()
+
+
+def _phi_peer_closes_inside_a_frame(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address)
+    assert msa(client.send(oru("PC1")))[1] == "AA"
+    client.send_raw(b"\x0b" + oru("PC2"))  # never ended
+    client.close()
+    deadline = time.monotonic() + 10  # the server notices the close on its own time
+    while server.connection_count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.connection_count == 0
+
+
+def _phi_address_not_allowed(server: Hl7Server, ctx: AppContext) -> None:
+    client = SocketClient(server.address, timeout=5)
+    client.send_raw(frame(oru("NA1")))
+    assert client.closed_by_server()
+    client.close()
+
+
+def _phi_connection_refused(server: Hl7Server, ctx: AppContext) -> None:
+    first = SocketClient(server.address)
+    assert msa(first.send(oru("CR1")))[1] == "AA"
+    second = SocketClient(server.address, timeout=5)
+    assert second.closed_by_server()
+    second.close()
+    first.close()
+
+
+#: Every path on which the HL7 listener refuses a message or a connection: settings, the peer's actions
+#: (which assert that the path was taken) and a fragment of the log line that path writes.
+PHI_PATHS: dict[str, tuple[dict[str, Any], Callable[[Hl7Server, AppContext], None], str]] = {
+    "accepted-and-unsupported-type": ({}, _phi_accepted_and_unsupported_type, "rejected QRY^A19"),
+    "name-in-msh9": ({}, _phi_name_in_msh9, "rejected type#"),
+    "form-feed-in-msh": ({}, _phi_form_feed_in_msh, "rejected type#"),
+    "form-feed-as-msh1": ({}, _phi_form_feed_as_msh1, "invalid field separator"),
+    "0x0b-as-msh1": ({"hl7": {"max_consecutive_rejections": 3}}, _phi_vertical_tab_as_msh1, "in a row"),
+    "no-msh": ({}, _phi_no_msh, "no MSH segment"),
+    "empty-msh10": ({}, _phi_empty_msh10, "MSH-10"),
+    "bad-encoding-characters": ({}, _phi_bad_encoding_characters, "encoding characters"),
+    "glued-frames": ({}, _phi_glued_frames, "cut short by a start block"),
+    "oversized-frame": ({"hl7": {"max_message_bytes": 2000}}, _phi_oversized_frame, "over 2000 bytes"),
+    "rejections-in-a-row": ({"hl7": {"max_consecutive_rejections": 2}}, _phi_rejections_in_a_row, "in a row"),
+    "back-pressure": ({"queue": {"max_depth": 1}}, _phi_back_pressure, "back-pressure"),
+    "storage-failure": ({}, _phi_storage_failure, "storage failed"),
+    "idle-inside-a-frame": (
+        {"hl7": {"idle_timeout_s": 0.3}},
+        _phi_idle_inside_a_frame,
+        "no accepted message",
+    ),
+    "peer-closes-inside-a-frame": ({}, _phi_peer_closes_inside_a_frame, "closed inside a frame"),
+    "address-not-allowed": (
+        {"hl7": {"allowed_addresses": ["10.9.9.9"]}},
+        _phi_address_not_allowed,
+        "address not allowed",
+    ),
+    "connection-limit": ({"hl7": {"max_connections": 1}}, _phi_connection_refused, "connections open"),
+    "connection-limit-per-address": (
+        {"hl7": {"max_connections_per_address": 1}},
+        _phi_connection_refused,
+        "from this address open",
+    ),
+}
+
+
+@pytest.mark.parametrize("path", list(PHI_PATHS))
+def test_logs_carry_no_patient_data(start_server: Any, caplog: pytest.LogCaptureFixture, path: str) -> None:
+    caplog.set_level(logging.DEBUG, logger="ecgcad")
+    overrides, peer, fragment = PHI_PATHS[path]
+    server, ctx = start_server(**overrides)
+    peer(server, ctx)
+    server.stop()  # every log line of the connection is written
     text = caplog.text
-    assert PATIENT_ID not in text and PATIENT_NAME.split("^")[0] not in text
-    assert "L1" not in text  # MSH-10 is logged hashed
+    for phi in (PATIENT_ID, *PATIENT_NAME.split("^")):
+        assert phi not in text, f"{phi} in a log line on the {path} path"
+    assert fragment in text, f"the {path} path was not taken"
+    if path == "accepted-and-unsupported-type":
+        assert "L1" not in text  # MSH-10 is logged hashed
 
 
 def test_server_restarts_cleanly_and_reports_alive(start_server: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecgcad.integration.transport.mllp import MllpDecoder, MllpFrameTooLarge, frame
+from ecgcad.integration.transport.mllp import MllpDecoder, MllpFrameTooLarge, UnterminatedFrame, frame
 
 MSG = b"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5.1\rPID|1||42\r"
 
@@ -70,3 +70,28 @@ def test_decoder_tolerates_end_block_and_cr_in_separate_reads() -> None:
     assert dec.feed(data[:-1]) == [MSG]
     assert dec.feed(data[-1:] + frame(MSG)) == [MSG]
     assert dec.discarded_bytes == 0
+
+
+def test_start_block_inside_a_frame_ends_it_as_unterminated_and_starts_the_next() -> None:
+    other = MSG.replace(b"|1|", b"|2|")
+    stream = b"\x0b" + MSG + frame(other)  # the first frame's end block is missing
+    for pieces in ([stream], [bytes([b]) for b in stream]):
+        dec = MllpDecoder()
+        out = [m for piece in pieces for m in dec.feed(piece)]
+        assert out == [MSG, other]
+        assert [type(m) for m in out] == [UnterminatedFrame, bytes]
+        assert dec.unterminated_frames == 1
+        assert not dec.in_frame
+
+
+def test_keepalive_and_empty_frames_come_back_as_empty_messages() -> None:
+    dec = MllpDecoder()
+    out = dec.feed(b"\x0b\x1c\r" * 3 + b"\x0b\x0b" + frame(MSG))
+    assert out == [b"", b"", b"", b"", b"", MSG]
+    assert [type(m) is UnterminatedFrame for m in out] == [False, False, False, True, True, False]
+
+
+def test_unterminated_frame_over_the_limit_raises() -> None:
+    dec = MllpDecoder(max_frame_bytes=10)
+    with pytest.raises(MllpFrameTooLarge):
+        dec.feed(b"\x0b" + b"x" * 11 + b"\x0b")

@@ -3,7 +3,8 @@
 Every input must end in an ``Ecg`` that the gate can judge, or a typed :class:`DecodeError` — no other
 exception, no hang (each case is timed), no unbounded memory (XML entity expansion and external entities are
 refused). The byte-level properties live in ``tests/formats/test_decode_properties.py``; these mutate the
-structure: DICOM headers and waveform attributes, HL7 delimiters/escapes/fields, and hostile XML.
+structure: DICOM headers and waveform attributes, HL7 delimiters/escapes/fields, MLLP streams (glued frames,
+control characters as delimiters, keep-alives), and hostile XML.
 The number of cases tried is printed per target. ``ECGCAD_FUZZ_EXAMPLES`` raises the budget.
 """
 
@@ -29,7 +30,8 @@ from ecgcad.errors import DecodeError, EcgcadError
 from ecgcad.integration.formats.ecg import Ecg
 from ecgcad.integration.formats.gate import check
 from ecgcad.integration.formats.readers import decode
-from ecgcad.integration.transport.hl7_ack import parse_header
+from ecgcad.integration.transport.hl7_ack import Hl7HeaderError, build_ack, parse_header
+from ecgcad.integration.transport.mllp import MllpDecoder, UnterminatedFrame, frame
 from ecgcad.testing import ecg_writers as w
 from tests.reliability.harness import figures
 
@@ -231,6 +233,49 @@ def test_hl7_ed_payload_junk(payload: bytes, subtype: str) -> None:
         + f"\rOBX|1|ED|93000^ECG^CPT|1|X^application^{subtype}^Base64^{enc}||||||F\r".encode()
     )
     _verdict("hl7-ed", msg)
+
+
+# -- MLLP streams: glued frames, odd delimiters, keep-alives ------------------------------------------------
+_MSG = b"MSH|^~\\&|CART|WARD|ECGCAD|HOSP|20240101||ORU^R01|FZ1|P|2.5.1\rPID|1||PATIENT-B\r"
+MLLP_PIECES = st.one_of(
+    st.binary(max_size=60),
+    st.sampled_from([b"\x0b", b"\x1c", b"\x1c\r", b"\x0b\x1c\r", b"\r", b"\x0bMSH|^~\\&|A|B\r"]),
+    # a message whose MSH-1 or MSH-2 is a control character (0x0B and 0x1C among them)
+    st.tuples(st.sampled_from([b"\x0b", b"\x0c", b"\x00", b"\x1c", b"\x7f", b"\t"]), st.booleans()).map(
+        lambda t: (
+            b"\x0b" + (_MSG.replace(b"|", t[0]) if t[1] else _MSG.replace(b"^~", b"^" + t[0], 1)) + b"\x1c\r"
+        )
+    ),
+    # a message that lost its end block
+    st.just(b"\x0b" + _MSG.replace(b"PATIENT-B", b"PATIENT-A")),
+)
+
+
+@FUZZ
+@given(prefix=st.lists(MLLP_PIECES, max_size=8), chunk=st.sampled_from([0, 1, 3, 64]))
+def test_mllp_streams_never_glue_messages_and_every_accepted_header_gets_a_framable_ack(
+    prefix: list[bytes], chunk: int
+) -> None:
+    """Whatever came before it, a whole frame comes back alone and intact; no message that is handed back
+    whole carries a start block (two messages glued); every header the listener accepts gets an ACK that
+    can be framed (0x0B or 0x1C echoed into an ACK used to drop the connection)."""
+    TRIED["mllp-stream"] += 1
+    stream = b"".join(prefix) + frame(_MSG)
+    decoder = MllpDecoder()
+    step = chunk or len(stream)
+    out = [m for i in range(0, len(stream), step) for m in decoder.feed(stream[i : i + step])]
+    assert out and out[-1] == _MSG and type(out[-1]) is bytes
+    for message in out:
+        assert b"\x0b" not in message
+        if type(message) is UnterminatedFrame:
+            OUTCOMES["mllp-stream:unterminated"] += 1
+        try:
+            header = parse_header(message)
+        except Hl7HeaderError:
+            OUTCOMES["mllp-stream:header refused"] += 1
+            continue
+        for code in ("AA", "AR", "CE"):
+            frame(build_ack(header, code, text="refused"))
 
 
 # -- MUSE / aECG XML ----------------------------------------------------------------------------------------

@@ -71,7 +71,10 @@ def _legit_dicom(port: int, n: int = 0) -> int:
 
 @pytest.mark.timeout(120)
 def test_slowloris_and_never_released_association_are_cut_and_others_are_served(listeners: Any) -> None:
-    _, scp, hl7 = listeners(dicom={"network_timeout_s": 2}, hl7={"idle_timeout_s": 2})
+    # every peer here is 127.0.0.1: the per-address cap (tested in tests/listeners) is lifted to test the rest
+    _, scp, hl7 = listeners(
+        dicom={"network_timeout_s": 2}, hl7={"idle_timeout_s": 2, "max_connections_per_address": 1000}
+    )
     dport, hport = scp.address[1], hl7.address[1]
     # HL7 slowloris: a frame opened and dripped one byte per second (never idle for idle_timeout_s)
     drips = [socket.create_connection(("127.0.0.1", hport), timeout=5) for _ in range(20)]
@@ -209,7 +212,8 @@ def test_1000_idle_connections_hold_the_limits_and_others_are_served(listeners: 
     n = min(1000, (soft - 200) // 2)  # client and server ends are both in this process
     _, scp, hl7 = listeners(
         dicom={"network_timeout_s": 3, "max_associations": 16},
-        hl7={"max_connections": 200, "idle_timeout_s": 30},
+        # every peer here is 127.0.0.1: the per-address cap is lifted so that the global cap is what holds
+        hl7={"max_connections": 200, "idle_timeout_s": 30, "max_connections_per_address": 10_000},
     )
     before = rss_kib(os.getpid())
     hl7_idle = [socket.create_connection(("127.0.0.1", hl7.address[1]), timeout=10) for _ in range(n)]

@@ -24,6 +24,7 @@ import time
 from typing import Literal
 
 from ecgcad.errors import DecodeError
+from ecgcad.logsetup import uid_hash
 
 #: HL7 table 0357 codes we use.
 ERR_SEGMENT_SEQUENCE = "100"
@@ -105,6 +106,63 @@ class MessageHeader:
         return bool(self.accept_acknowledgment_type or self.application_acknowledgment_type)
 
 
+_MLLP_START = b"\x0b"
+_MLLP_END = b"\x1c"
+
+
+def _is_delimiter(c: str) -> bool:
+    """True for a character taken as an MSH-1 / MSH-2 delimiter: not a letter, digit, space or control character.
+
+    Control characters (form feed, the MLLP block characters, ...) are refused: an ACK echoing them could
+    not be framed or read, and a receiver would split the message where its sender did not.
+    """
+    return c > " " and not "\x7f" <= c <= "\x9f" and not c.isalnum()
+
+
+#: HL7 table 0076 message types (v2.1-2.9): the only MSH-9.1 values written to a log as they are.
+_MESSAGE_TYPES = frozenset(
+    """ACK ADR ADT BAR BPS BRP BRT BTS CCF CCI CCM CCQ CCR CCU CQU CRM CSU DBC DBU DEL DFT DOC DPR DSR EAC EAN EAR
+    EDR EHC ERP ESR ESU INR INU LSR LSU MCF MDM MFD MFK MFN MFQ MFR NMD NMQ NMR OMB OMD OMG OMI OML OMN OMP OMQ
+    OMS OPL OPR OPU ORA ORB ORD ORF ORG ORI ORL ORM ORN ORP ORR ORS ORU ORX OSM OSQ OSR OST OSU OUL PEX PGL PIN
+    PMU PPG PPP PPR PPT PPV PRR PTR QBP QCK QCN QRF QRY QSB QSX QVR RAR RAS RCI RCL RDE RDR RDS RDY REF RER RGR
+    RGV ROC ROD ROR RPA RPI RPL RPR RQA RQC RQI RQP RQQ RRA RRD RRE RRG RRI RSP RTB SBK SCN SDN SDR SIU SLN SLR
+    SMD SQM SQR SRM SRR SSR SSU STC STI SUR TBR TCR TCU UDM VQQ VXQ VXR VXU VXX""".split()
+)
+#: MSH-9.2 trigger events (table 0003) have this shape: a letter and two digits (``A08``, ``R01``).
+_TRIGGER_EVENT = re.compile(r"[A-Z][0-9]{2}")
+#: Well-formed types already seen (bounded; only ever values that are safe to log).
+_WELL_FORMED_TYPES: set[str] = set()
+
+
+def loggable_message_type(type_code: str | None) -> str:
+    """``type_code`` (MSH-9.1^MSH-9.2, as :attr:`MessageHeader.type_code`) when it is a table-0076 message
+    type with a table-0003-shaped event, else ``type#`` and its hash.
+
+    MSH-9 is whatever the sender wrote there — a misaligned or hostile message can carry a patient's name in
+    it — so only values that cannot be anything but a message type are written to logs as they are.
+
+    Parameters
+    ----------
+    type_code:
+        The message type, ``ORU^R01`` or ``ADT`` (any text), or ``None``.
+
+    Returns
+    -------
+    str
+        ``type_code`` itself, ``"type#"`` followed by a 12-character SHA-256 prefix, or ``"-"`` for ``None``.
+    """
+    if type_code is None:
+        return "-"
+    if type_code in _WELL_FORMED_TYPES:  # the listener's hot path: a type seen before
+        return type_code
+    code, _, event = type_code.partition("^")
+    if code in _MESSAGE_TYPES and (not event or _TRIGGER_EVENT.fullmatch(event)):
+        if len(_WELL_FORMED_TYPES) < 4096:
+            _WELL_FORMED_TYPES.add(type_code)
+        return type_code
+    return "type#" + uid_hash(type_code)
+
+
 def split_segments(data: bytes) -> list[bytes]:
     """Segments of a message (``\\r`` per the standard; ``\\n`` and ``\\r\\n`` tolerated), empty ones dropped."""
     return [s for s in _SEGMENT_SPLIT.split(data) if s.strip()]
@@ -138,16 +196,19 @@ def parse_header(data: bytes) -> MessageHeader:
         raise Hl7HeaderError("not an HL7 v2 message: no MSH segment", code=ERR_SEGMENT_SEQUENCE)
     text = msh.decode("latin-1")
     fs = text[3]
-    if fs.isalnum() or fs in " \t":
+    if not _is_delimiter(fs):
         raise Hl7HeaderError(
             "invalid field separator in MSH-1", code=ERR_SEGMENT_SEQUENCE, location="MSH^1^1"
         )
     fields = text.split(fs)
     enc = fields[1] if len(fields) > 1 else ""
-    if not 2 <= len(enc) <= 5 or fs in enc or any(c.isalnum() or c == " " for c in enc):
+    if not 2 <= len(enc) <= 5 or fs in enc or not all(_is_delimiter(c) for c in enc):
         raise Hl7HeaderError(
             "invalid encoding characters in MSH-2", code=ERR_SEGMENT_SEQUENCE, location="MSH^1^2"
         )
+    if _MLLP_START in msh or _MLLP_END in msh:
+        # The ACK echoes MSH fields: with a block character in them it could not be framed.
+        raise Hl7HeaderError("MLLP block character in MSH", code=ERR_SEGMENT_SEQUENCE, location="MSH")
 
     def f(n: int) -> str:
         # fields[0] = "MSH", fields[1] = MSH-2, so MSH-n is fields[n - 1]
@@ -412,6 +473,7 @@ __all__ = [
     "ack_code",
     "build_ack",
     "escape",
+    "loggable_message_type",
     "parse_header",
     "parse_order",
     "split_segments",

@@ -5,6 +5,10 @@ returned and hands back the complete messages in it. The decoder copes with fram
 frames in one read, bytes before a start block (skipped and counted), and frames over a size limit
 (:class:`MllpFrameTooLarge`, after which the stream cannot be trusted and the caller should close it).
 
+A start block inside a frame that has not ended (a sender that lost or omitted an end block) ends that frame:
+what came before it is handed back as an :class:`UnterminatedFrame` (malformed: never to be stored), and a new
+frame starts. Gluing the two together would put the second message's content under the first one's header.
+
 Used by the MLLP server (:mod:`ecgcad.listeners.hl7_server`) and the outbound MLLP sender.
 """
 
@@ -25,6 +29,16 @@ class MllpFrameTooLarge(Exception):
         self.limit = limit
         #: Complete frames that preceded the oversized one in the same :meth:`MllpDecoder.feed` call.
         self.frames: list[bytes] = frames or []
+
+
+class UnterminatedFrame(bytes):
+    """The bytes of a frame that a start block cut short before its end block: malformed, to be refused.
+
+    A ``bytes`` subclass so that :meth:`MllpDecoder.feed` keeps returning one list, in stream order; tell it
+    apart with ``type(message) is UnterminatedFrame``.
+    """
+
+    __slots__ = ()
 
 
 def frame(message: bytes | str, *, encoding: str = "utf-8") -> bytes:
@@ -65,6 +79,8 @@ class MllpDecoder:
     ----------
     discarded_bytes:
         Bytes seen outside any frame (before a start block) so far.
+    unterminated_frames:
+        Frames cut short by a start block so far (each was handed back as an :class:`UnterminatedFrame`).
     """
 
     def __init__(self, max_frame_bytes: int = 0) -> None:
@@ -73,6 +89,7 @@ class MllpDecoder:
         self._in_frame = False
         self._skip_cr = False
         self.discarded_bytes = 0
+        self.unterminated_frames = 0
 
     @property
     def pending_bytes(self) -> int:
@@ -86,6 +103,9 @@ class MllpDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes read from the peer; return the complete messages they finished, in order.
+
+        A frame cut short by a start block comes back, in its place in the order, as an
+        :class:`UnterminatedFrame`.
 
         Raises
         ------
@@ -114,6 +134,17 @@ class MllpDecoder:
                 self._buffer.clear()
                 continue
             end = data.find(END_BLOCK, pos)
+            # A start block before the end block (or in what arrived of this frame) means the sender began a
+            # new message without ending this one: this frame ends there, malformed.
+            restart = data.find(START_BLOCK, pos, n if end < 0 else end)
+            if restart >= 0:
+                self._buffer += view[pos:restart]
+                self._check_size(out)
+                out.append(UnterminatedFrame(self._buffer))
+                self._buffer.clear()
+                self.unterminated_frames += 1
+                pos = restart + 1  # still in a frame: the one this start block opened
+                continue
             if end < 0:
                 self._buffer += view[pos:]
                 self._check_size(out)
@@ -147,4 +178,12 @@ class MllpDecoder:
         self._skip_cr = False
 
 
-__all__ = ["END_BLOCK", "END_SEQUENCE", "START_BLOCK", "MllpDecoder", "MllpFrameTooLarge", "frame"]
+__all__ = [
+    "END_BLOCK",
+    "END_SEQUENCE",
+    "START_BLOCK",
+    "MllpDecoder",
+    "MllpFrameTooLarge",
+    "UnterminatedFrame",
+    "frame",
+]
