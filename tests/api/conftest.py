@@ -22,11 +22,11 @@ from ecgcad.api.app import create_app
 from ecgcad.api.auth import create_token
 from ecgcad.config import Settings
 from ecgcad.context import AppContext
-from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, SourceObject, utcnow
 from ecgcad.db.session import Database
 from ecgcad.errors import QueueError
 from ecgcad.pipeline import actions
+from tests import helpers
 
 PATIENT_FLAGGED = "PAT-0001"
 PATIENT_LOW = "PAT-0002"
@@ -177,8 +177,7 @@ def make_ctx(settings: Settings, url: str | None = None) -> AppContext:
     if url is not None:
         settings = settings.model_copy()
         settings.database_url = url  # type: ignore[assignment]  # validated on assignment
-    upgrade(settings.effective_database_url)
-    return AppContext.from_settings(settings)
+    return helpers.make_ctx(settings=settings)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from pydicom.data import get_testdata_file
 
 from ecgcad.config import Settings, load_settings
 from ecgcad.context import AppContext
-from ecgcad.db.migrate import upgrade
 from ecgcad.listeners.hl7_server import Hl7Server
+from tests import helpers
 
 ECG_FILE = str(get_testdata_file("waveform_ecg.dcm"))
 
@@ -44,10 +44,7 @@ def make_ctx(tmp_path: Path) -> Iterator[Callable[..., AppContext]]:
     made: list[AppContext] = []
 
     def factory(**overrides: Any) -> AppContext:
-        settings = make_settings(tmp_path / f"svc{len(made)}", **overrides)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        upgrade(settings.effective_database_url)
-        ctx = AppContext.from_settings(settings)
+        ctx = helpers.make_ctx(settings=make_settings(tmp_path / f"svc{len(made)}", **overrides))
         made.append(ctx)
         return ctx
 

@@ -16,7 +16,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
-from sqlalchemy import event, func, select
+from sqlalchemy import event, select
 
 from ecgcad.context import AppContext
 from ecgcad.db.models import AuditEvent, EcgRecord, Job, SourceObject
@@ -27,6 +27,7 @@ from ecgcad.listeners.dicom_scp import (
     DicomScp,
     _readable,
 )
+from tests.helpers import count_rows
 from tests.listeners.conftest import DCMTK_ENV, ECG_FILE, require_tool
 
 
@@ -44,11 +45,6 @@ def start_scp(make_ctx: Callable[..., AppContext]) -> Iterator[Callable[..., tup
     yield start
     for scp in running:
         scp.stop()
-
-
-def _count(ctx: AppContext, model: Any, *where: Any) -> int:
-    with ctx.db.session() as s:
-        return int(s.execute(select(func.count()).select_from(model).where(*where)).scalar_one())
 
 
 def _audit_types(ctx: AppContext) -> list[str]:
@@ -121,7 +117,7 @@ def test_non_ecg_sop_class_is_refused_at_association(start_scp: Any) -> None:
         timeout=30,
     )
     assert r.returncode != 0
-    assert _count(ctx, SourceObject) == 0
+    assert count_rows(ctx, SourceObject) == 0
 
 
 def test_hemodynamic_waveform_association_is_refused_and_audited(start_scp: Any) -> None:
@@ -170,8 +166,8 @@ def test_duplicate_instance_is_acknowledged_once_and_new_bytes_are_a_new_version
     changed.SOPInstanceUID = ds.SOPInstanceUID
     changed.StudyDescription = "corrected"
     assert _scu_store(scp.address, [ds, ds, changed]) == [0, 0, 0]
-    assert _count(ctx, SourceObject) == 2
-    assert _count(ctx, Job) == 2
+    assert count_rows(ctx, SourceObject) == 2
+    assert count_rows(ctx, Job) == 2
     with ctx.db.session() as s:
         versions = sorted(s.execute(select(SourceObject.object_version)).scalars())
     assert versions == [1, 2]
@@ -193,11 +189,11 @@ def test_acknowledged_only_after_commit_database_failure_gives_out_of_resources(
     finally:
         ctx.ingestor.db = ctx.db
         failing.dispose()
-    assert _count(ctx, SourceObject) == 0
+    assert count_rows(ctx, SourceObject) == 0
     ds = _ecg_with_new_uid()
     assert _scu_store(scp.address, [ds]) == [0]
     # what was acknowledged is committed and visible to any other connection at once
-    assert _count(ctx, EcgRecord, EcgRecord.sop_instance_uid == ds.SOPInstanceUID) == 1
+    assert count_rows(ctx, EcgRecord, EcgRecord.sop_instance_uid == ds.SOPInstanceUID) == 1
 
 
 def test_back_pressure_from_queue_depth_answers_out_of_resources(start_scp: Any) -> None:
@@ -205,7 +201,7 @@ def test_back_pressure_from_queue_depth_answers_out_of_resources(start_scp: Any)
     with ctx.db.session() as s:
         ctx.queue.defer(s, "score", {"ecg_id": 0})
     assert _scu_store(scp.address, [_ecg_with_new_uid()]) == [STATUS_OUT_OF_RESOURCES]
-    assert _count(ctx, SourceObject) == 0
+    assert count_rows(ctx, SourceObject) == 0
 
 
 def test_back_pressure_from_disk_reserve_answers_out_of_resources(start_scp: Any) -> None:
@@ -224,7 +220,7 @@ def test_undecodable_but_wellformed_dataset_is_stored_with_its_decode_failure(st
     with ctx.db.session() as s:
         row = s.execute(select(EcgRecord)).scalar_one()
         assert row.decode_status == "failed" and row.decode_reason
-    assert _count(ctx, Job) == 1
+    assert count_rows(ctx, Job) == 1
 
 
 def test_unparseable_bytes_are_not_readable() -> None:

@@ -11,21 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, select
 
 from ecgcad.context import AppContext
 from ecgcad.db.models import AuditEvent, Job, SourceObject
 from ecgcad.db.session import Database
 from ecgcad.integration.transport.mllp import frame
 from ecgcad.listeners.hl7_server import Hl7Server
+from tests.helpers import count_rows
 from tests.listeners.hl7util import PATIENT_ID, PATIENT_NAME, SocketClient, asyncio_send_all, msa, oru
 
 MLLP_SEND = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "mllp_send"
-
-
-def _count(ctx: AppContext, model: Any, *where: Any) -> int:
-    with ctx.db.session() as s:
-        return int(s.execute(select(func.count()).select_from(model).where(*where)).scalar_one())
 
 
 def _audit_details(ctx: AppContext, event_type: str) -> list[Any]:
@@ -49,8 +45,8 @@ def test_mllp_send_several_messages_on_one_connection_all_get_aa(start_server: A
     # mllp_send exits 0 even when the peer closed: check every reply ourselves
     replies = [msa(seg) for seg in r.stdout.split(b"\n") if b"MSA|" in seg]
     assert [(m[1], m[2]) for m in replies] == [("AA", i) for i in ids]
-    assert _count(ctx, SourceObject, SourceObject.kind == "hl7") == 5
-    assert _count(ctx, Job, Job.kind == "hl7") == 5
+    assert count_rows(ctx, SourceObject, SourceObject.kind == "hl7") == 5
+    assert count_rows(ctx, Job, Job.kind == "hl7") == 5
     assert _audit_details(ctx, "hl7.connection")
 
 
@@ -59,7 +55,7 @@ def test_asyncio_client_gets_aa_only_for_committed_messages(start_server: Any) -
     msgs = [oru(f"A{i}") for i in range(20)]
     acks = asyncio.run(asyncio_send_all(server.address, msgs))
     assert [msa(a)[1:3] for a in acks] == [["AA", f"A{i}"] for i in range(20)]
-    assert _count(ctx, SourceObject) == 20
+    assert count_rows(ctx, SourceObject) == 20
 
 
 def test_retransmission_is_acknowledged_without_a_second_job(start_server: Any) -> None:
@@ -68,7 +64,7 @@ def test_retransmission_is_acknowledged_without_a_second_job(start_server: Any) 
     assert msa(client.send(oru("R1")))[1] == "AA"
     assert msa(client.send(oru("R1")))[1] == "AA"
     client.close()
-    assert _count(ctx, Job) == 1
+    assert count_rows(ctx, Job) == 1
 
 
 def test_broken_frames_split_batched_and_garbage_prefixed_are_all_answered(start_server: Any) -> None:
@@ -82,7 +78,7 @@ def test_broken_frames_split_batched_and_garbage_prefixed_are_all_answered(start
     client.send_raw(b"noise before start\r\n" + frame(oru("S2")) + frame(oru("S3")))
     assert [msa(client.recv_ack())[2] for _ in range(2)] == ["S2", "S3"]
     client.close()
-    assert _count(ctx, SourceObject) == 3
+    assert count_rows(ctx, SourceObject) == 3
 
 
 @pytest.mark.parametrize(
@@ -106,7 +102,7 @@ def test_not_hl7_or_unsupported_type_gets_ar_with_err_and_is_audited(
     # the connection stays usable
     assert msa(client.send(oru("OK1")))[1] == "AA"
     client.close()
-    assert _count(ctx, SourceObject) == 1
+    assert count_rows(ctx, SourceObject) == 1
     assert _audit_details(ctx, "hl7.rejected")
 
 
@@ -135,7 +131,7 @@ def test_enhanced_mode_sends_ca_and_honours_ne_and_er(start_server: Any) -> None
     client.send_raw(frame(oru("E3", msh15="ER")))  # stored, acknowledged only on error
     assert msa(client.send(oru("E4", msh15="SU")))[1:3] == ["CA", "E4"]
     client.close()
-    assert _count(ctx, SourceObject) == 4
+    assert count_rows(ctx, SourceObject) == 4
 
 
 def test_oversized_frame_gets_ar_and_the_connection_is_closed(start_server: Any) -> None:
@@ -186,11 +182,11 @@ def test_database_failure_gives_ae_and_nothing_is_acknowledged(start_server: Any
         failing.dispose()
     assert msa(ack)[1] == "AE"
     assert b"\rERR|" in ack
-    assert _count(ctx, SourceObject) == 0
+    assert count_rows(ctx, SourceObject) == 0
     # the sender retries and the message is stored once
     assert msa(client.send(oru("F1")))[1] == "AA"
     client.close()
-    assert _count(ctx, SourceObject) == 1
+    assert count_rows(ctx, SourceObject) == 1
 
 
 def test_back_pressure_gives_ae(start_server: Any) -> None:

@@ -23,7 +23,7 @@ from ecgcad.pipeline import actions
 from ecgcad.pipeline.handlers import register_handlers
 from ecgcad.testing.fake_predictor import FakePredictor
 from ecgcad.testing.fake_senders import FakeSender, RefusingSender
-from tests.helpers import drain
+from tests.helpers import drain, make_ctx
 
 FIXED = {"rca": 0.40, "lm": 0.005, "lad": 0.10, "lcx": 0.20}
 REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
@@ -55,9 +55,7 @@ def ctx(tmp_path: Path) -> AppContext:
             {"name": "ehr", "kind": "hl7", "host": "127.0.0.1", "port": 2576, "max_attempts": 3},
         ],
     )
-    upgrade(settings)
-    context = AppContext.from_settings(settings)
-    context.set_predictor(FakePredictor(fixed=FIXED, demonstration=True))
+    context = make_ctx(settings=settings, predictor=FakePredictor(fixed=FIXED, demonstration=True))
     context.senders = {"pacs": FakeSender(), "ehr": FakeSender()}  # type: ignore[attr-defined]
     context.sender_factory = lambda dest: context.senders[dest.name]
     return context
