@@ -29,7 +29,9 @@ from ecgcad.config import DestinationSettings
 from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, Result, utcnow
 from ecgcad.errors import BuildError, DeliveryError, EcgcadError, PermanentDeliveryError
-from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, Sender, SendOutcome
+from ecgcad.integration.transport.dicom import DicomStoreSender
+from ecgcad.integration.transport.mllp import MllpSender
+from ecgcad.integration.transport.senders import Sender, SendOutcome
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.reports import build_report_input, report_read_session

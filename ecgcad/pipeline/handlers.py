@@ -68,7 +68,8 @@ def warm_up() -> None:
         "ecgcad.integration.reports.sr",
         "ecgcad.integration.reports.oru",
         "ecgcad.integration.reports.pdf",
-        "ecgcad.integration.transport.senders",
+        "ecgcad.integration.transport.dicom",
+        "ecgcad.integration.transport.mllp",
         "pynetdicom",
         "matplotlib.pyplot",
     ):

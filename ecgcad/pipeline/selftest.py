@@ -26,7 +26,7 @@ def _echo(settings: Settings, host: str, port: int, called_ae: str, timeout: flo
 
 
 def _mllp_probe(settings: Settings, host: str, port: int, timeout: float) -> tuple[bool, str]:
-    from ecgcad.integration.transport.senders import MllpSender
+    from ecgcad.integration.transport.mllp import MllpSender
 
     now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     control = "SELFTEST" + now[-8:]

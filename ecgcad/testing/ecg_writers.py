@@ -32,6 +32,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from ecgcad.integration.formats.ecg import LEADS, Ecg, EcgIdentifiers
+from ecgcad.integration.transport.mllp import frame
 
 TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"
@@ -601,7 +602,7 @@ def _hl7_header(ids: EcgIdentifiers, control_id: str) -> list[str]:
 
 def _frame(segments: list[str], mllp: bool) -> bytes:
     body = ("\r".join(segments) + "\r").encode("latin-1")
-    return b"\x0b" + body + b"\x1c\x0d" if mllp else body
+    return frame(body) if mllp else body
 
 
 def write_hl7_oru_ed(

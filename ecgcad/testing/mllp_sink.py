@@ -10,6 +10,8 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+from ecgcad.integration.transport.mllp import MllpDecoder, MllpFrameTooLarge, UnterminatedFrame, frame
+
 
 def ack_for(message: bytes, code: str = "AA") -> bytes:
     """An original-mode ACK echoing MSH-10 (sending/receiving applications swapped)."""
@@ -43,17 +45,19 @@ async def serve(host: str, port: int, out: Path | None) -> None:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal count
+        decoder = MllpDecoder()
         try:
-            while True:
-                data = await reader.readuntil(b"\x1c\x0d")
-                msg = data[data.index(b"\x0b") + 1 : -2]
-                count += 1
-                if out is not None:
-                    (out / f"message-{count:06d}.hl7").write_bytes(msg)
-                print(msg.decode("utf-8", "replace").replace("\r", "\n"), flush=True)
-                writer.write(b"\x0b" + ack_for(msg) + b"\x1c\x0d")
+            while data := await reader.read(65536):
+                for msg in decoder.feed(data):
+                    if isinstance(msg, UnterminatedFrame):
+                        continue  # a frame cut short by the next start block: not a message
+                    count += 1
+                    if out is not None:
+                        (out / f"message-{count:06d}.hl7").write_bytes(msg)
+                    print(msg.decode("utf-8", "replace").replace("\r", "\n"), flush=True)
+                    writer.write(frame(ack_for(msg)))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        except (ConnectionError, MllpFrameTooLarge):
             pass
         finally:
             writer.close()

@@ -208,7 +208,7 @@ def test_ecg_inside_an_hl7_oru_is_scored_and_reported(running: Running) -> None:
         issuer_of_patient_id="HOSP",
         control_id="E2E0001",
     )
-    from ecgcad.integration.transport.senders import MllpSender
+    from ecgcad.integration.transport.mllp import MllpSender
 
     outcome = MllpSender("127.0.0.1", running.hl7_port, timeout=30).send(message)
     assert outcome.delivered, outcome.response

@@ -18,7 +18,9 @@ from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Delivery
 from ecgcad.integration.reports.oru import build_oru
 from ecgcad.integration.reports.sr import build_stenosis_sr
-from ecgcad.integration.transport.senders import DicomStoreSender, MllpSender, SendOutcome
+from ecgcad.integration.transport.dicom import DicomStoreSender
+from ecgcad.integration.transport.mllp import MllpSender
+from ecgcad.integration.transport.senders import SendOutcome
 from ecgcad.pipeline.delivery import SenderPool, checkout_sender, sender_pool
 from ecgcad.testing.fake_predictor import FakePredictor
 from tests.helpers import drain

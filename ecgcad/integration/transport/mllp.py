@@ -9,10 +9,29 @@ A start block inside a frame that has not ended (a sender that lost or omitted a
 what came before it is handed back as an :class:`UnterminatedFrame` (malformed: never to be stored), and a new
 frame starts. Gluing the two together would put the second message's content under the first one's header.
 
-Used by the MLLP server (:mod:`ecgcad.listeners.hl7_server`) and the outbound MLLP sender.
+The one MLLP module: framing (:func:`frame`, :func:`unframe`), the incremental reader of a server
+(:class:`MllpDecoder`, used by :mod:`ecgcad.listeners.hl7_server`), the blocking reader of a client
+(:func:`read_frame`) and the outbound client (:class:`MllpSender`). The delivery pool, the test MLLP sink and
+the test-material writers frame with it too.
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ecgcad.errors import BuildError
+from ecgcad.integration.transport.hl7_ack import parse_ack
+from ecgcad.integration.transport.senders import SendOutcome, _closed_or_unexpected_data, _KeepOpen
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c"
@@ -178,12 +197,226 @@ class MllpDecoder:
         self._skip_cr = False
 
 
-__all__ = [
-    "END_BLOCK",
-    "END_SEQUENCE",
-    "START_BLOCK",
-    "MllpDecoder",
-    "MllpFrameTooLarge",
-    "UnterminatedFrame",
-    "frame",
-]
+def unframe(data: bytes) -> bytes:
+    """``data`` without its MLLP framing when it has some (a start block after nothing but whitespace)."""
+    start = data.find(START_BLOCK)
+    if start >= 0 and data[:start].strip() == b"":
+        end = data.find(END_BLOCK, start + 1)
+        return data[start + 1 : end if end >= 0 else len(data)]
+    return data
+
+
+def read_frame(
+    sock: socket.socket,
+    *,
+    deadline: float,
+    max_bytes: int = 16 * 1024 * 1024,
+    buffer: bytearray | None = None,
+) -> bytes:
+    """Read one MLLP block from ``sock`` and return the message inside it.
+
+    Bytes before the start block are ignored; reading stops at the first ``0x1C 0x0D``. Pass ``buffer``
+    (empty) to see every byte read, also after an exception and including any after the end block.
+
+    Raises
+    ------
+    TimeoutError
+        ``deadline`` (a :func:`time.monotonic` value) passed first.
+    ConnectionError
+        The peer closed the connection before the end block.
+    ValueError
+        The block exceeds ``max_bytes``.
+    """
+    buf = bytearray() if buffer is None else buffer
+    while True:
+        end = buf.find(END_SEQUENCE)
+        if end >= 0:
+            start = buf.find(START_BLOCK)
+            return bytes(buf[start + 1 if 0 <= start < end else 0 : end])
+        if len(buf) > max_bytes:
+            raise ValueError("MLLP block too large")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no MLLP end block before the deadline")
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)  # socket.timeout is TimeoutError
+        if not chunk:
+            raise ConnectionError("peer closed the connection before the end block")
+        buf += chunk
+
+
+class MllpSender(_KeepOpen):
+    """HL7 v2 client over MLLP: sends a message and reads its acknowledgement.
+
+    With ``keep_open_s > 0`` the TCP connection stays open between :meth:`send` calls (MLLP carries any
+    number of messages per connection, one acknowledged at a time). A kept connection that the peer has
+    closed is replaced before sending; one that fails while sending or before any byte of the
+    acknowledgement arrived is replaced and the message sent again in the same call. After a timeout, an
+    unparsable acknowledgement or one for another message the connection is closed, never reused. It is
+    closed once idle for ``keep_open_s`` and on :meth:`close`.
+
+    Parameters
+    ----------
+    host, port:
+        The MLLP server.
+    timeout:
+        Seconds for connecting and, separately, for the whole acknowledgement to arrive.
+    keep_open_s:
+        Seconds an idle connection is kept for the next message; 0 (default) opens one per :meth:`send`.
+
+    Attributes
+    ----------
+    connections:
+        TCP connections opened so far.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0, *, keep_open_s: float = 0.0) -> None:
+        if not 1 <= int(port) <= 65535:
+            raise ValueError("port must be in 1..65535")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        if not keep_open_s >= 0:
+            raise ValueError("keep_open_s must be >= 0")
+        self.host = host
+        self.port = int(port)
+        self.timeout = float(timeout)
+        self.keep_open_s = float(keep_open_s)
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._last_used = 0.0
+        self._sock: socket.socket | None = None
+
+    def __repr__(self) -> str:
+        return f"MllpSender({self.host!r}, {self.port})"
+
+    def send(self, payload: bytes | Dataset) -> SendOutcome:
+        """Send one ER7 message (``\\r``-separated, unframed) and classify the acknowledgement.
+
+        Parameters
+        ----------
+        payload:
+            The HL7 message bytes.
+
+        Returns
+        -------
+        SendOutcome
+            See the module docstring for the classification; ``status`` is MSA-1.
+
+        Raises
+        ------
+        BuildError
+            ``payload`` is not an HL7 message (our bug, not the peer's).
+        """
+        if not isinstance(payload, bytes | bytearray) or not bytes(payload).startswith(b"MSH"):
+            raise BuildError("MLLP payload must be HL7 ER7 bytes starting with MSH")
+        message = bytes(payload)
+        control_id = _control_id(message)
+        try:
+            framed = frame(message)
+        except ValueError as exc:
+            raise BuildError("message contains MLLP framing characters") from exc
+        with self._lock:
+            try:
+                reply = self._exchange(framed)
+            finally:
+                self._connecting_since = None
+            if isinstance(reply, SendOutcome):
+                return self._log(reply, control_id)
+            outcome, in_step = self._classify(reply, control_id)
+            if in_step and self.keep_open_s > 0:
+                self._kept()
+            else:
+                self._drop_connection()
+        return self._log(outcome, control_id)
+
+    def _exchange(self, frame: bytes) -> bytes | SendOutcome:
+        """Send ``frame`` and read one acknowledgement: its message, or the failure (connection closed).
+
+        An acknowledgement followed by more bytes closes the connection too (the stream is out of step).
+        """
+        for attempt in (1, 2):
+            sock = self._sock
+            if sock is not None and (self._idle_expired() or _closed_or_unexpected_data(sock)):
+                self._drop_connection()
+                sock = None
+            reused = sock is not None
+            received = bytearray()
+            try:
+                if sock is None:
+                    self._connecting_since = time.monotonic()
+                    sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                    self._sock = sock
+                    self.connections += 1
+                else:
+                    sock.settimeout(self.timeout)
+                sock.sendall(frame)
+                reply = read_frame(sock, deadline=time.monotonic() + self.timeout, buffer=received)
+            except TimeoutError:
+                self._drop_connection()
+                return SendOutcome.retry(f"no acknowledgement within {self.timeout:g} s")
+            except ConnectionRefusedError:
+                self._drop_connection()
+                return SendOutcome.retry("connection refused")
+            except (ConnectionError, OSError, ValueError) as exc:
+                self._drop_connection()
+                if reused and attempt == 1 and not received and isinstance(exc, OSError):
+                    logger.info(
+                        "MLLP to %s:%d: kept connection is gone (%s); sending on a new one",
+                        self.host,
+                        self.port,
+                        type(exc).__name__,
+                    )
+                    continue
+                return SendOutcome.retry(f"connection failed: {type(exc).__name__}: {exc}")
+            if len(received) > received.find(END_SEQUENCE) + len(END_SEQUENCE):
+                self._drop_connection()
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _classify(self, reply: bytes, control_id: str) -> tuple[SendOutcome, bool]:
+        """The outcome of ``reply``, and whether it answered our message (the connection may be reused)."""
+        try:
+            code, echoed, detail = parse_ack(reply)
+        except ValueError as exc:
+            return SendOutcome.retry(f"unparsable acknowledgement: {exc}"), False
+        in_step = echoed == control_id
+        text = f"MSA {code}" + (f": {detail[:80]}" if detail else "")
+        if code in ("AA", "CA"):
+            if not in_step:
+                return SendOutcome.retry(
+                    f"{text} for another message (MSA-2 does not echo MSH-10)", code
+                ), False
+            return SendOutcome.ok(text, code), True
+        if code in ("AE", "CE"):
+            return SendOutcome.retry(text, code), in_step
+        if code in ("AR", "CR"):
+            return SendOutcome.permanent(text, code), in_step
+        return SendOutcome.retry(f"unknown acknowledgement code {code!r}", code), in_step
+
+    def _has_connection(self) -> bool:
+        return self._sock is not None
+
+    def _drop_connection(self, *, graceful: bool = True) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _log(self, outcome: SendOutcome, control_id: str) -> SendOutcome:
+        logger.log(
+            logging.INFO if outcome.delivered else logging.WARNING,
+            "MLLP msh10=%s to %s:%d: delivered=%s retryable=%s %s",
+            control_id,
+            self.host,
+            self.port,
+            outcome.delivered,
+            outcome.retryable,
+            outcome.response,
+        )
+        return outcome
+
+
+def _control_id(message: bytes) -> str:
+    first = message.split(b"\r", 1)[0].decode("utf-8", "replace")
+    fields = first.split(first[3]) if len(first) > 3 else []
+    return fields[9] if len(fields) > 9 else ""

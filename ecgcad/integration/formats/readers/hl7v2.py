@@ -34,9 +34,7 @@ from ecgcad.integration.formats.readers._common import (
     parse_number,
     unit_to_mv,
 )
-
-MLLP_START = b"\x0b"
-MLLP_END = b"\x1c\x0d"
+from ecgcad.integration.transport.mllp import unframe
 
 
 def looks_like_hl7(data: bytes) -> bool:
@@ -106,15 +104,6 @@ class Message:
         return self.unescape(parts[n - 1]) if n <= len(parts) else ""
 
 
-def strip_mllp(data: bytes) -> bytes:
-    """Remove MLLP framing (start block 0x0B, end block 0x1C 0x0D) when present."""
-    start = data.find(MLLP_START)
-    if start >= 0 and data[:start].strip() == b"":
-        end = data.find(b"\x1c", start + 1)
-        return data[start + 1 : end if end >= 0 else len(data)]
-    return data
-
-
 def parse_message(data: bytes) -> Message:
     """Split an HL7 v2 message into segments and fields.
 
@@ -125,7 +114,7 @@ def parse_message(data: bytes) -> Message:
     DecodeError
         The MSH segment is too short to carry its separators.
     """
-    body = strip_mllp(data).lstrip(b" \t\r\n\xef\xbb\xbf")
+    body = unframe(data).lstrip(b" \t\r\n\xef\xbb\xbf")
     if not body.startswith(b"MSH"):
         raise UnsupportedFormatError("not an HL7 v2 message (no MSH segment)")
     if len(body) < 8:
