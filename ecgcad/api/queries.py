@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, Subquery, func, select
 from sqlalchemy.orm import Session
 
 from ecgcad.api.auth import Principal
@@ -19,6 +19,9 @@ from ecgcad.api.params import fits_int64
 from ecgcad.db import audit
 from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, utcnow
 from ecgcad.vessels import VESSELS
+
+if TYPE_CHECKING:
+    from ecgcad.jobs.queue import JobQueue
 
 ECG_STATES: tuple[str, ...] = ("received", "queued", "scored", "not_evaluated", "failed")
 DELIVERY_STATES: tuple[str, ...] = ("pending", "sending", "sent", "retrying", "failed")
@@ -181,7 +184,7 @@ class EcgFilters:
         return "&".join(parts)
 
 
-def _current_result_ids() -> Any:
+def _current_result_ids() -> Subquery:
     return (
         select(Result.ecg_id.label("ecg_id"), func.max(Result.id).label("result_id"))
         .where(Result.shadow.is_(False))
@@ -190,7 +193,7 @@ def _current_result_ids() -> Any:
     )
 
 
-def _ecg_select(filters: EcgFilters) -> Any:
+def _ecg_select(filters: EcgFilters) -> Select[EcgRecord, Result]:
     cur = _current_result_ids()
     stmt = (
         select(EcgRecord, Result)
@@ -331,7 +334,7 @@ def get_delivery(session: Session, delivery_id: int) -> tuple[Delivery, EcgRecor
 # -- jobs and models ----------------------------------------------------------------------------------------
 
 
-def jobs_summary(queue: Any, *, failed_limit: int = 100) -> dict[str, Any]:
+def jobs_summary(queue: JobQueue, *, failed_limit: int = 100) -> dict[str, Any]:
     """Job counts by state, queue depth, oldest waiting age and the failed (dead-letter) jobs."""
     counts = queue.counts()
     failed = queue.failed_jobs(failed_limit) if hasattr(queue, "failed_jobs") else []
