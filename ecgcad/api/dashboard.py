@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -31,6 +31,9 @@ from ecgcad.db import audit
 from ecgcad.db.models import SourceObject
 from ecgcad.errors import EcgcadError
 
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
+
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
@@ -40,15 +43,16 @@ router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
 SESSION_MAX_AGE_S = 12 * 3600
 
 
-def _ctx(request: Request) -> Any:
-    return request.app.state.ctx
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
 
 
 def _what(request: Request) -> str:
     return f"{request.method} {request.url.path}"
 
 
-def _page(request: Request, name: str, principal: Principal | None, **context: Any) -> HTMLResponse:
+def _page(request: Request, name: str, principal: Principal | None, **context: object) -> HTMLResponse:
     context.update(
         principal=principal,
         version=__version__,

@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, Subquery, func, select
 from sqlalchemy.orm import Session
 
 from ecgcad.api.auth import Principal
@@ -184,7 +184,7 @@ class EcgFilters:
         return "&".join(parts)
 
 
-def _current_result_ids() -> Any:
+def _current_result_ids() -> Subquery:
     return (
         select(Result.ecg_id.label("ecg_id"), func.max(Result.id).label("result_id"))
         .where(Result.shadow.is_(False))
@@ -193,7 +193,7 @@ def _current_result_ids() -> Any:
     )
 
 
-def _ecg_select(filters: EcgFilters) -> Any:
+def _ecg_select(filters: EcgFilters) -> Select[EcgRecord, Result]:
     cur = _current_result_ids()
     stmt = (
         select(EcgRecord, Result)

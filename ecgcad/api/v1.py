@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,6 +25,10 @@ from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, DeliveryError, EcgcadError, QueueError
 from ecgcad.pipeline import actions
 
+if TYPE_CHECKING:
+    from ecgcad.context import AppContext
+    from ecgcad.db.models import Delivery, EcgRecord
+
 logger = logging.getLogger(__name__)
 
 # A call authenticated by the dashboard's cookie instead of a bearer header must pass the CSRF checks.
@@ -32,8 +37,9 @@ router = APIRouter(prefix="/api/v1", dependencies=[Depends(csrf_guard)])
 Vessel = Literal["rca", "lm", "lad", "lcx"]
 
 
-def _ctx(request: Request) -> Any:
-    return request.app.state.ctx
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
 
 
 def _what(request: Request) -> str:
@@ -167,9 +173,9 @@ def run_action(
     request: Request,
     principal: Principal,
     name: str,
-    ecg: Any,
+    ecg: EcgRecord | None,
     target: dict[str, Any],
-    call: Any,
+    call: Callable[[], dict[str, Any] | None],
 ) -> tuple[int, dict[str, Any]]:
     """Run a pipeline action, audit it (``api.action`` with outcome) and return (HTTP status, body)."""
     ctx = _ctx(request)
@@ -201,7 +207,7 @@ def audit_missing(request: Request, principal: Principal, event: str, detail: di
         queries.audit_access(s, principal, event, _what(request), outcome=4, detail=detail)
 
 
-def rescore_action(request: Request, principal: Principal, ecg: Any) -> tuple[int, dict[str, Any]]:
+def rescore_action(request: Request, principal: Principal, ecg: EcgRecord) -> tuple[int, dict[str, Any]]:
     """Queue a rescore of ``ecg`` for ``principal`` (audited); shared by the API and the dashboard."""
     ctx = _ctx(request)
     return run_action(
@@ -217,7 +223,7 @@ def rescore_action(request: Request, principal: Principal, ecg: Any) -> tuple[in
 
 
 def resend_action(
-    request: Request, principal: Principal, delivery: Any, ecg: Any
+    request: Request, principal: Principal, delivery: Delivery, ecg: EcgRecord
 ) -> tuple[int, dict[str, Any]]:
     """Queue a resend of ``delivery`` for ``principal`` (audited); shared by the API and the dashboard."""
     ctx = _ctx(request)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -32,7 +32,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings_or_fail(config: Path | None, **overrides: Any) -> Settings:
+def settings_or_fail(config: Path | None, **overrides: object) -> Settings:
     """Load settings or exit with one line naming the bad key."""
     try:
         return load_settings(config, **overrides)

@@ -106,7 +106,7 @@ def _one_line(message: str) -> str:
 
 
 def _text(r: dict[str, Any]) -> str:
-    def v(x: Any) -> str:
+    def v(x: object) -> str:
         return "-" if x in (None, "", []) else str(x)
 
     lines = [

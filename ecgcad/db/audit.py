@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import insert, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from ecgcad.db.models import AuditEvent, utcnow
 from ecgcad.db.prepared import DirectInsert, Prepared, bound_to
@@ -210,7 +210,7 @@ _TAIL_KEY = "ecgcad_audit_tail"
 
 
 @sa_event.listens_for(Session, "after_transaction_end")
-def _forget_tail(session: Session, transaction: Any) -> None:
+def _forget_tail(session: Session, transaction: SessionTransaction) -> None:
     """Any transaction or savepoint that ends (committed or rolled back) drops the carried tail."""
     session.info.pop(_TAIL_KEY, None)
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
 
 from ecgcad.db.audit import GENESIS, ChainReport, verify_session
 from ecgcad.db.audit_key import AuditKey
@@ -238,7 +239,7 @@ _HASH_OF = Prepared(select(AuditEvent.hash).where(AuditEvent.id == bindparam("id
 _COUNT_UP_TO = Prepared(select(func.count()).select_from(AuditEvent).where(AuditEvent.id <= bindparam("id")))
 
 
-def _still_there(session: Any, checkpoint: Checkpoint) -> str | None:
+def _still_there(session: Session, checkpoint: Checkpoint) -> str | None:
     """Why the chain no longer holds ``checkpoint``'s events, or ``None`` when it does."""
     if checkpoint.count == 0:
         return None

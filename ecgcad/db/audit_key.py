@@ -15,9 +15,12 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ecgcad.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ecgcad.config import Settings
 
 #: The shortest key accepted, characters.
 MIN_KEY_CHARS = 32
@@ -109,7 +112,7 @@ def read_key_file(path: str | os.PathLike[str], *, create: bool = True) -> Audit
     return read_key_file(path, create=False)
 
 
-def load_key(settings: Any) -> AuditKey:
+def load_key(settings: Settings) -> AuditKey:
     """The audit key of ``settings`` (:class:`ecgcad.config.Settings`): ``[audit] key``, else the key file.
 
     Raises

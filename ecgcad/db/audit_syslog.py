@@ -27,6 +27,7 @@ from ecgcad.db.models import AuditEvent, KvState, utcnow
 
 if TYPE_CHECKING:
     from ecgcad.context import AppContext
+    from ecgcad.db.audit_checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def syslog_frame(event: AuditEvent, *, app_name: str, hostname: str | None = Non
     return str(len(msg)).encode() + b" " + msg
 
 
-def checkpoint_frame(checkpoint: Any, *, app_name: str, hostname: str | None = None) -> bytes:
+def checkpoint_frame(checkpoint: Checkpoint, *, app_name: str, hostname: str | None = None) -> bytes:
     """One RFC 5424 message carrying an audit checkpoint (its JSON), framed as :func:`syslog_frame`."""
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     host = (hostname or socket.gethostname() or "-")[:255]
@@ -188,7 +189,7 @@ class AuditSyslogForwarder:
         self.forwarded += len(frames)
         return len(frames)
 
-    def offer_checkpoint(self, checkpoint: Any) -> None:
+    def offer_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Send ``checkpoint`` (an ``audit_checkpoint.Checkpoint``) once the events it covers are sent.
 
         Only the newest offered checkpoint is kept: it covers every older one.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -13,6 +13,8 @@ from alembic.script import ScriptDirectory
 from ecgcad.errors import StorageError
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from ecgcad.config import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -26,7 +28,7 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(settings_or_url: Any, revision: str = "head") -> None:
+def upgrade(settings_or_url: Settings | str, revision: str = "head") -> None:
     """Upgrade the database to ``revision``.
 
     Raises
@@ -41,7 +43,7 @@ def upgrade(settings_or_url: Any, revision: str = "head") -> None:
         raise StorageError(f"migration failed: {exc}") from exc
 
 
-def current_revision(engine: Any) -> str | None:
+def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None when never migrated)."""
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

@@ -10,6 +10,7 @@ hash-chained), ``api_tokens`` and ``kv_state`` (scheduler and backfill markers).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -29,6 +30,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -51,7 +53,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -59,7 +61,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def bind_processor(self, dialect: Any) -> Any:
+    def bind_processor(self, dialect: Dialect) -> Callable[[dt.datetime | None], object] | None:
         """On SQLite, :meth:`process_bind_param` and SQLite's own text format in one step (five timestamps
         go into the rows of every message received); the same text, tested against the two-step one."""
         if dialect.name != "sqlite":
@@ -83,7 +85,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
         return process
 
-    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)

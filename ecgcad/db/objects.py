@@ -12,9 +12,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ecgcad.errors import BackPressureError, StorageError
+
+if TYPE_CHECKING:
+    from ecgcad.db.models import SourceObject
 
 
 class ObjectStore:
@@ -127,7 +130,7 @@ class ObjectStore:
             return False
 
 
-def source_bytes(store: ObjectStore, source: Any) -> bytes:
+def source_bytes(store: ObjectStore, source: SourceObject) -> bytes:
     """The bytes of a :class:`~ecgcad.db.models.SourceObject`: from the database when it holds them
     (HL7 messages), else from ``store``.
 

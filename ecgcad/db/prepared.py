@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Insert, Table
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.sql.expression import Executable
 
 from ecgcad.db.session import DirectTransaction
@@ -99,7 +99,7 @@ class Prepared:
             self._compiled[(dialect.name, given)] = found
         return found
 
-    def execute(self, on: Session | Connection | DirectTransaction, values: Mapping[str, Any]) -> Any:
+    def execute(self, on: Session | Connection | DirectTransaction, values: Mapping[str, Any]) -> Any:  # noqa: ANN401 - a value of the driver's row (DB-API: untyped)
         """Run with ``values`` in the transaction of ``on`` (a session, a connection or a
         :class:`~ecgcad.db.session.DirectTransaction`); the first column of the first row, or ``None``."""
         dialect, dbapi_connection = bound_to(on)
@@ -172,7 +172,7 @@ class DirectInsert:
             self._processors[dialect.name] = found
         return found
 
-    def execute(self, tx: DirectTransaction, *values: Any) -> Any:
+    def execute(self, tx: DirectTransaction, *values: object) -> Any:  # noqa: ANN401 - DB-API row value
         """Insert one row; the ``returning`` column's value (``None`` when the row was not inserted)."""
         if tx.dialect.paramstyle != "qmark":
             raise NotImplementedError(f"DirectInsert writes qmark SQL, not {tx.dialect.paramstyle}")
@@ -182,7 +182,7 @@ class DirectInsert:
         return _first_value(tx.dbapi_connection.execute(self.sql, params))
 
 
-def insert_ignoring_conflict(dialect: str, model: Any, column: str) -> Any:
+def insert_ignoring_conflict(dialect: str, model: type[DeclarativeBase], column: str) -> Insert:
     """``INSERT INTO model … ON CONFLICT (column) DO NOTHING`` in ``dialect``'s own construct (PostgreSQL's
     or SQLite's; both take the same arguments), for a :class:`Prepared` statement."""
     if dialect == "postgresql":
@@ -192,7 +192,7 @@ def insert_ignoring_conflict(dialect: str, model: Any, column: str) -> Any:
     return dialect_insert(model).on_conflict_do_nothing(index_elements=[column])
 
 
-def _first_value(cursor: Any) -> Any:
+def _first_value(cursor: Any) -> Any:  # noqa: ANN401 - a DB-API cursor and its row value (untyped)
     """The first column of the cursor's first row (``None`` without a row or a result), cursor closed."""
     try:
         row = cursor.fetchone() if cursor.description is not None else None
@@ -224,7 +224,7 @@ _BOUND_KEY = "ecgcad_prepared_bound"
 
 @sa_event.listens_for(Session, "after_transaction_create")
 @sa_event.listens_for(Session, "after_transaction_end")
-def _forget_bound(session: Session, transaction: Any) -> None:
+def _forget_bound(session: Session, transaction: SessionTransaction) -> None:
     """Drop the kept connection whenever a transaction or savepoint begins or ends: the next statement
     then goes through ``Session.connection()``, which emits a new savepoint's ``SAVEPOINT``."""
     session.info.pop(_BOUND_KEY, None)

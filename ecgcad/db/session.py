@@ -19,15 +19,23 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from ecgcad.errors import NestedWriteError, StorageError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from sqlalchemy import Connection
+
+    from ecgcad.config import Settings
+    from ecgcad.db.audit_key import AuditKey
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +44,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 AUDIT_KEY_INFO = "ecgcad_audit_key"
 
 
-def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+def _sqlite_engine(url: str, **kwargs: object) -> Engine:
     path = url.split("sqlite:///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +53,10 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    def _on_connect(
+        dbapi_connection: Any,  # noqa: ANN401 - the driver's raw DB-API connection (sqlite3)
+        connection_record: ConnectionPoolEntry,
+    ) -> None:
         # Disable pysqlite's own BEGIN handling (recipe: "Serializable isolation / Savepoints / Transactional DDL").
         dbapi_connection.isolation_level = None
         cur = dbapi_connection.cursor()
@@ -56,7 +67,7 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
+    def _on_begin(conn: Connection) -> None:
         # Writers take the lock at BEGIN; read-only sessions (``Database.read_session``) use a deferred
         # BEGIN, so a long read (building a report) never blocks the listeners' commits.
         if conn.get_execution_options().get("ecgcad_readonly"):
@@ -67,7 +78,7 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, **kwargs: object) -> Engine:
     """Create an engine for ``url`` with the settings ecgcad relies on."""
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)
@@ -97,7 +108,7 @@ class Database:
         the service always has one (:meth:`from_settings`).
     """
 
-    def __init__(self, url: str, *, audit_key: Any = None, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, audit_key: AuditKey | None = None, **engine_kwargs: object) -> None:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self._info: dict[str, Any] = {AUDIT_KEY_INFO: audit_key} if audit_key is not None else {}
@@ -115,9 +126,10 @@ class Database:
         )
 
     @property
-    def audit_key(self) -> Any:
+    def audit_key(self) -> AuditKey | None:
         """The audit chain's key (``None``: unkeyed events)."""
-        return self._info.get(AUDIT_KEY_INFO)
+        key: AuditKey | None = self._info.get(AUDIT_KEY_INFO)
+        return key
 
     @property
     def dialect(self) -> str:
@@ -125,7 +137,7 @@ class Database:
         return self.engine.dialect.name
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Database:
+    def from_settings(cls, settings: Settings) -> Database:
         """Build from :class:`ecgcad.config.Settings`, with the audit key of its ``[audit]`` settings.
 
         Raises
@@ -241,7 +253,7 @@ class Database:
         finally:
             self._writer.active = False
 
-    def _rollback_kept(self, driver: Any) -> None:
+    def _rollback_kept(self, driver: sqlite3.Connection) -> None:
         import sqlite3
 
         try:

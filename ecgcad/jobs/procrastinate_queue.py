@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,9 @@ from ecgcad.db.session import Database
 from ecgcad.errors import QueueError
 from ecgcad.jobs.procrastinate_store import InMemoryStore, JobStore, PostgresStore, Row
 from ecgcad.jobs.queue import STATES, BackoffPolicy, ClaimedJob
+
+if TYPE_CHECKING:
+    from procrastinate.testing import InMemoryConnector
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +109,25 @@ class ProcrastinateJobQueue:
         self._last_sweep = 0.0
 
     @classmethod
-    def in_memory(cls, db: Database, connector: Any = None, **kwargs: Any) -> ProcrastinateJobQueue:
+    def in_memory(
+        cls,
+        db: Database,
+        connector: InMemoryConnector | None = None,
+        *,
+        lease_s: float = 120.0,
+        max_attempts: int = 5,
+        backoff: BackoffPolicy | None = None,
+        install_schema: bool = True,
+    ) -> ProcrastinateJobQueue:
         """A queue on procrastinate's ``InMemoryConnector`` (tests); ``db`` still provides the sessions."""
-        return cls(db, store=InMemoryStore(connector), **kwargs)
+        return cls(
+            db,
+            store=InMemoryStore(connector),
+            lease_s=lease_s,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            install_schema=install_schema,
+        )
 
     # -- enqueue -----------------------------------------------------------------------------------------
     def defer(

@@ -19,12 +19,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from procrastinate import sql as procrastinate_sql
 from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from procrastinate.testing import InMemoryConnector
 
 Row = dict[str, Any]
 
@@ -163,13 +166,13 @@ class PostgresStore:
             raw.close()
 
     # -- helpers -----------------------------------------------------------------------------------------
-    def _one(self, query: str, **params: Any) -> Row | None:
+    def _one(self, query: str, **params: object) -> Row | None:
         with self.engine.begin() as conn:
             result = conn.exec_driver_sql(query, params)
             row = result.mappings().first() if result.returns_rows else None
             return dict(row) if row is not None else None
 
-    def _all(self, query: str, **params: Any) -> list[Row]:
+    def _all(self, query: str, **params: object) -> list[Row]:
         with self.engine.begin() as conn:
             return [dict(r) for r in conn.exec_driver_sql(query, params).mappings()]
 
@@ -268,14 +271,14 @@ class InMemoryStore:
         An :class:`procrastinate.testing.InMemoryConnector` (a new one when omitted).
     """
 
-    def __init__(self, connector: Any = None) -> None:
+    def __init__(self, connector: InMemoryConnector | None = None) -> None:
         from procrastinate.testing import InMemoryConnector
 
         self.connector = connector if connector is not None else InMemoryConnector()
         self._lock = threading.RLock()
         self._dedupe: dict[str, int] = {}
 
-    def _call(self, name: str, **kwargs: Any) -> Any:
+    def _call(self, name: str, **kwargs: object) -> Any:  # noqa: ANN401 - what the connector method named returns
         from procrastinate import utils
 
         with self._lock:

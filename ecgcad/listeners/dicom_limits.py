@@ -18,10 +18,12 @@ import contextlib
 import io
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
+    from pynetdicom.association import Association
+    from pynetdicom.pdu_primitives import P_DATA
 
 __all__ = ["DiscardedDataSet", "limit_data_sets", "limit_pdu_length"]
 
@@ -60,7 +62,7 @@ class DiscardedDataSet(io.BytesIO):
         return n
 
 
-def limit_data_sets(assoc: Any, max_bytes: int) -> None:
+def limit_data_sets(assoc: Association, max_bytes: int) -> None:
     """Stop keeping a C-STORE data set on ``assoc`` once it passes ``max_bytes``.
 
     After each P-DATA, a message whose data set buffer holds more than ``max_bytes`` gets a
@@ -81,7 +83,7 @@ def limit_data_sets(assoc: Any, max_bytes: int) -> None:
     if dimse is None or receive is None:
         return
 
-    def receive_primitive(primitive: Any) -> None:
+    def receive_primitive(primitive: P_DATA) -> None:
         receive(primitive)
         message = dimse.message
         data_set = getattr(message, "data_set", None)
@@ -91,7 +93,7 @@ def limit_data_sets(assoc: Any, max_bytes: int) -> None:
     dimse.receive_primitive = receive_primitive
 
 
-def limit_pdu_length(assoc: Any, max_bytes: int) -> None:
+def limit_pdu_length(assoc: Association, max_bytes: int) -> None:
     """Close ``assoc``'s connection when a PDU announces more than ``max_bytes``, before reading it.
 
     The announced length is what pynetdicom asks its transport to read; a longer one gets no bytes, which

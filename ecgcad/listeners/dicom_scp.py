@@ -64,6 +64,10 @@ from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
 
 if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE, DimseServiceType
+    from pynetdicom.events import Event
+
     from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
@@ -124,7 +128,9 @@ class _Server(ThreadedAssociationServer):
             sock = self.ssl_context.wrap_socket(sock, server_side=True)
         return sock, address
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
+    def verify_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> bool:
         host = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
         if self.scp.address_allow_list.allows(host):
             return True
@@ -132,7 +138,9 @@ class _Server(ThreadedAssociationServer):
         self.scp._audit("dicom.rejected", outcome=4, address=host, detail={"reason": "address not allowed"})
         return False
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
         logger.exception("error on DICOM connection from %s", client_address)
 
 
@@ -249,19 +257,29 @@ class DicomScp:
         return self._server is not None and self._thread is not None and self._thread.is_alive()
 
     # -- audit -------------------------------------------------------------------------------------------
-    def _audit(self, event_type: str, *, outcome: int = 0, **fields: Any) -> None:
+    def _audit(
+        self,
+        event_type: str,
+        *,
+        outcome: int = 0,
+        ae_title: str | None = None,
+        address: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         try:
             with self.ctx.db.session() as session:
-                audit.record(session, event_type, outcome=outcome, **fields)
+                audit.record(
+                    session, event_type, outcome=outcome, ae_title=ae_title, address=address, detail=detail
+                )
         except Exception:  # noqa: BLE001 - an audit failure must not break the association
             logger.exception("could not audit %s", event_type)
 
     # -- slow peers ------------------------------------------------------------------------------------
-    def _on_progress(self, event: Any) -> None:
+    def _on_progress(self, event: Event) -> None:
         self._last_pdu[event.assoc] = time.monotonic()
         _set_poll_interval(event.assoc, ACTIVE_POLL_S)
 
-    def _on_connection(self, event: Any) -> None:
+    def _on_connection(self, event: Event) -> None:
         self._on_progress(event)
         _wait_for_dimse_messages(event.assoc)
         limit_data_sets(event.assoc, self.max_object_bytes)
@@ -297,7 +315,7 @@ class DicomScp:
                     assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
 
     # -- handlers ----------------------------------------------------------------------------------------
-    def _on_established(self, event: Any) -> None:
+    def _on_established(self, event: Event) -> None:
         assoc = event.assoc
         accepted = sorted({str(cx.abstract_syntax) for cx in assoc.accepted_contexts})
         refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
@@ -324,7 +342,7 @@ class DicomScp:
                 detail={"reason": "abstract syntax not supported", "sop_classes": refused[:20]},
             )
 
-    def _on_rejected(self, event: Any) -> None:
+    def _on_rejected(self, event: Event) -> None:
         assoc = event.assoc
         calling = assoc.requestor.ae_title
         allowed = [a.strip() for a in self.settings.allowed_calling_aets]
@@ -342,10 +360,10 @@ class DicomScp:
             detail={"reason": reason},
         )
 
-    def _on_echo(self, event: Any) -> int:
+    def _on_echo(self, event: Event) -> int:
         return STATUS_SUCCESS
 
-    def _on_store(self, event: Any) -> int | Dataset:
+    def _on_store(self, event: Event) -> int | Dataset:
         try:
             return self._store(event)
         except Exception:  # noqa: BLE001 - the boundary: every exception becomes a DIMSE status
@@ -369,8 +387,8 @@ class DicomScp:
             logger.exception("reader failed on uid#%s; storing it undecoded", uid_hash(sop_instance_uid))
             return None, f"reader error: {type(exc).__name__}"
 
-    def _store(self, event: Any) -> int | Dataset:
-        request = event.request
+    def _store(self, event: Event) -> int | Dataset:
+        request = cast("C_STORE", event.request)
         sop_class_uid = str(request.AffectedSOPClassUID or "") or None
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "") or None
         assoc = event.assoc
@@ -413,7 +431,7 @@ class DicomScp:
         self.stored += 0 if result.duplicate else 1
         return STATUS_SUCCESS
 
-    def _refuse_too_large(self, event: Any, sop_instance_uid: str | None, size: int, limit: int) -> Dataset:
+    def _refuse_too_large(self, event: Event, sop_instance_uid: str | None, size: int, limit: int) -> Dataset:
         assoc = event.assoc
         calling_ae = assoc.requestor.ae_title.strip()[:16]
         logger.warning(
@@ -438,7 +456,7 @@ IDLE_POLL_S = 0.001
 IDLE_AFTER_S = 1.0
 
 
-def _set_poll_interval(assoc: Any, seconds: float) -> None:
+def _set_poll_interval(assoc: Association, seconds: float) -> None:
     """Set how long ``assoc``'s transport (DUL) thread sleeps when a turn found nothing to do.
 
     pynetdicom polls its socket and its send queue, sleeping a millisecond between idle turns: with a
@@ -452,7 +470,7 @@ def _set_poll_interval(assoc: Any, seconds: float) -> None:
         dul._run_loop_delay = seconds
 
 
-def _wait_for_dimse_messages(assoc: Any) -> None:
+def _wait_for_dimse_messages(assoc: Association) -> None:
     """Let ``assoc``'s reactor take a DIMSE message the moment it is complete.
 
     pynetdicom's association reactor sleeps a millisecond, then looks for a message without waiting; a
@@ -468,7 +486,7 @@ def _wait_for_dimse_messages(assoc: Any) -> None:
         return
     blocking_get = dimse.get_msg
 
-    def get_msg(block: bool = False) -> Any:
+    def get_msg(block: bool = False) -> tuple[None, None] | tuple[int, DimseServiceType]:
         if block:
             return blocking_get(block=True)
         try:

@@ -17,7 +17,26 @@ Public API::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names ``__getattr__`` returns, typed for readers and mypy
+    from ecgcad.model.checkpoint import LoadedModel as LoadedModel
+    from ecgcad.model.checkpoint import import_ecgfounder as import_ecgfounder
+    from ecgcad.model.checkpoint import load_checkpoint as load_checkpoint
+    from ecgcad.model.checkpoint import save_checkpoint as save_checkpoint
+    from ecgcad.model.explain import explain as explain
+    from ecgcad.model.explain import median_beats as median_beats
+    from ecgcad.model.net1d import Net1D as Net1D
+    from ecgcad.model.net1d import build_net1d as build_net1d
+    from ecgcad.model.predictor import Predictor as Predictor
+    from ecgcad.model.predictor import TorchPredictor as TorchPredictor
+    from ecgcad.model.predictor import default_predictor as default_predictor
+    from ecgcad.model.preprocess import PreprocessingRecipe as PreprocessingRecipe
+    from ecgcad.model.preprocess import preprocess as preprocess
+    from ecgcad.model.risk import DISCLAIMER as DISCLAIMER
+    from ecgcad.model.risk import VESSELS as VESSELS
+    from ecgcad.model.risk import Prediction as Prediction
+    from ecgcad.model.risk import RiskThresholds as RiskThresholds
 
 _EXPORTS = {
     "load_checkpoint": "ecgcad.model.checkpoint",
@@ -42,7 +61,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ecgcad.model' has no attribute {name!r}")

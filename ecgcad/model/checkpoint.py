@@ -102,7 +102,7 @@ def _safe_globals() -> list[Any]:
     return out
 
 
-def _read_raw(data: bytes, source: str) -> Any:
+def _read_raw(data: bytes, source: str) -> object:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

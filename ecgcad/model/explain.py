@@ -8,7 +8,7 @@ vessel. :func:`median_beats` aligns beats on the R peaks of lead II and takes th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from scipy import signal as sps
@@ -18,8 +18,11 @@ from ecgcad.integration.formats.ecg import LEADS
 from ecgcad.model.preprocess import PreprocessingRecipe, filter_signals
 from ecgcad.model.risk import VESSELS
 
+if TYPE_CHECKING:
+    from ecgcad.model.predictor import Predictor, TorchPredictor
 
-def _attributions(predictor: Any, x: np.ndarray, steps: int, chunk: int) -> np.ndarray:
+
+def _attributions(predictor: TorchPredictor, x: np.ndarray, steps: int, chunk: int) -> np.ndarray:
     """Integrated gradients ``(4, 12, n)`` for one preprocessed input ``x`` ``(12, n)``."""
     import torch
 
@@ -44,7 +47,7 @@ def _attributions(predictor: Any, x: np.ndarray, steps: int, chunk: int) -> np.n
 
 
 def explain(
-    predictor: Any,
+    predictor: Predictor,
     signal: np.ndarray,
     *,
     steps: int = 8,
@@ -85,13 +88,14 @@ def explain(
     """
     if not hasattr(predictor, "module"):
         raise ModelError("explanations need a torch predictor")
+    torch_predictor = cast("TorchPredictor", predictor)  # it has a torch module
     sig = np.asarray(signal, dtype=np.float32)
     if sig.ndim != 2:
         raise ModelError(f"expected one signal (12, n), got {sig.shape}")
-    x = predictor.preprocess(sig[None])[0]
-    recipe: PreprocessingRecipe = predictor.preprocessing
-    attr = _attributions(predictor, x, steps, chunk)
-    probs = predictor.predict_proba(sig[None])[0]
+    x = torch_predictor.preprocess(sig[None])[0]
+    recipe: PreprocessingRecipe = torch_predictor.preprocessing
+    attr = _attributions(torch_predictor, x, steps, chunk)
+    probs = torch_predictor.predict_proba(sig[None])[0]
 
     width = max(1, int(round(window_s * recipe.sampling_rate)))
     n_windows = -(-x.shape[-1] // width)

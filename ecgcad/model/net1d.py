@@ -303,7 +303,7 @@ class Net1D(nn.Module):
             out = stage(out)
         return out
 
-    def forward(self, x: torch.Tensor) -> Any:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features = self.forward_features(x).mean(-1)
         out = self.dense(features)
         if self.return_features:
@@ -318,7 +318,7 @@ def build_net1d(
     *,
     use_do: bool = True,
     return_features: bool = False,
-    **overrides: Any,
+    **overrides: object,
 ) -> Net1D:
     """Build the ECGFounder ``Net1D`` (:data:`ECGFOUNDER_CONFIG`), optionally with other widths.
 
@@ -342,7 +342,7 @@ def build_net1d(
     Net1D
         A freshly initialised model in training mode.
     """
-    config = {**ECGFOUNDER_CONFIG, "in_channels": in_channels, **overrides}
+    config: dict[str, Any] = {**ECGFOUNDER_CONFIG, "in_channels": in_channels, **overrides}
     return Net1D(n_classes=n_classes, use_bn=use_bn, use_do=use_do, return_features=return_features, **config)
 
 

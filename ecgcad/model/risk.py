@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ecgcad.errors import ModelError
 from ecgcad.vessels import VESSELS
+
+if TYPE_CHECKING:
+    from ecgcad.config import ThresholdSettings
 
 #: Carried by every report made with a checkpoint whose metadata says ``demonstration: true``.
 DISCLAIMER = "DEMONSTRATION MODEL — NOT FOR CLINICAL USE"
@@ -45,7 +48,7 @@ class RiskThresholds:
                     raise ModelError(f"{name} threshold for {vessel!r} must be in [0, 1], got {value!r}")
 
     @classmethod
-    def from_settings(cls, thresholds: Any) -> RiskThresholds:
+    def from_settings(cls, thresholds: ThresholdSettings) -> RiskThresholds:
         """From :class:`ecgcad.config.ThresholdSettings` (``screening_<vessel>`` fields optional)."""
         screening = {
             v: float(getattr(thresholds, f"screening_{v}"))

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydicom import Dataset
 from sqlalchemy import select
@@ -32,9 +32,18 @@ from sqlalchemy import select
 from ecgcad.db.models import EcgRecord, KvState, SourceObject, utcnow
 from ecgcad.errors import BackPressureError, DecodeError, DeliveryError
 from ecgcad.jobs.queue import ClaimedJob
+from ecgcad.jobs.worker import Handler
 
 if TYPE_CHECKING:
+    from pynetdicom.ae import ApplicationEntity
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.events import Event
+
+    from ecgcad.config import PacsSourceSettings
     from ecgcad.context import AppContext
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +98,7 @@ def set_marker(ctx: AppContext, key: str, value: dict[str, Any]) -> None:
             row.value = value
 
 
-def _with_backpressure(call: Callable[[], Any]) -> Any:
+def _with_backpressure(call: Callable[[], _T]) -> _T:
     while True:
         try:
             return call()
@@ -205,11 +214,11 @@ class PacsClient:
         Our AE title.
     """
 
-    def __init__(self, source: Any, calling_ae_title: str) -> None:
+    def __init__(self, source: PacsSourceSettings, calling_ae_title: str) -> None:
         self.source = source
         self.calling_ae_title = calling_ae_title
 
-    def _ae(self, *, get: bool = False) -> Any:
+    def _ae(self, *, get: bool = False) -> ApplicationEntity:
         from pynetdicom import AE
 
         ae = AE(ae_title=self.calling_ae_title)
@@ -223,13 +232,13 @@ class PacsClient:
             ae.add_requested_context(STUDY_ROOT_MOVE)
         return ae
 
-    def _associate(self, ae: Any, **kwargs: Any) -> Any:
+    def _associate(self, ae: ApplicationEntity, **kwargs: Any) -> Association:  # noqa: ANN401 - AE.associate's keyword arguments
         assoc = ae.associate(self.source.host, self.source.port, ae_title=self.source.ae_title, **kwargs)
         if not assoc.is_established:
             raise PacsError(f"PACS {self.source.name} refused the association")
         return assoc
 
-    def _find(self, assoc: Any, query: Dataset) -> list[Dataset]:
+    def _find(self, assoc: Association, query: Dataset) -> list[Dataset]:
 
         out: list[Dataset] = []
         for status, identifier in assoc.send_c_find(query, STUDY_ROOT_FIND):
@@ -311,7 +320,7 @@ class PacsClient:
             assoc.release()
         return completed
 
-    def get(self, instances: list[PacsInstance], on_store: Callable[[Any], int]) -> int:
+    def get(self, instances: list[PacsInstance], on_store: Callable[[Event], int]) -> int:
         """C-GET ``instances`` (one series); ``on_store(event)`` stores each and returns a DIMSE status."""
         from pynetdicom import build_role, evt
 
@@ -356,14 +365,14 @@ def _unseen(ctx: AppContext, instances: list[PacsInstance]) -> list[PacsInstance
     return [i for i in instances if i.sop_instance_uid not in seen]
 
 
-def _store_handler(ctx: AppContext, report: BackfillReport) -> Callable[[Any], int]:
+def _store_handler(ctx: AppContext, report: BackfillReport) -> Callable[[Event], int]:
     """A C-STORE handler (C-GET sub-operations): decode, then ingest as kind ``pacs``."""
     from ecgcad.integration.formats.readers import decode
 
-    def on_store(event: Any) -> int:
+    def on_store(event: Event) -> int:
         try:
             data = event.encoded_dataset(include_meta=True)
-            request = event.request
+            request = cast("C_STORE", event.request)
             sop_instance_uid = str(request.AffectedSOPInstanceUID or "") or None
             ecg, error = None, None
             try:
@@ -441,7 +450,7 @@ def pacs_catch_up(ctx: AppContext, name: str, *, now: dt.datetime | None = None)
     return report
 
 
-def make_pacs_catch_up_handler(ctx: AppContext) -> Any:
+def make_pacs_catch_up_handler(ctx: AppContext) -> Handler:
     """The worker handler for ``pacs_catch_up`` jobs (payload ``{"source": name}``)."""
 
     def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException] | None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydicom import Dataset
 from sqlalchemy import select
 
 from ecgcad.config import DestinationSettings
@@ -33,10 +34,13 @@ from ecgcad.integration.transport.dicom import DicomStoreSender
 from ecgcad.integration.transport.mllp import MllpSender
 from ecgcad.integration.transport.senders import Sender, SendOutcome
 from ecgcad.jobs.queue import ClaimedJob
+from ecgcad.jobs.worker import Handler
 from ecgcad.logsetup import uid_hash
 from ecgcad.pipeline.reports import build_report_input, report_read_session
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
@@ -230,8 +234,8 @@ def _spool_dir(ctx: AppContext) -> Path | None:
 
 
 def build_payload(
-    ctx: AppContext, session: Any, delivery: Delivery, result: Result, dest: DestinationSettings
-) -> tuple[Any, str]:
+    ctx: AppContext, session: Session, delivery: Delivery, result: Result, dest: DestinationSettings
+) -> tuple[bytes | Dataset, str]:
     """The object to send and its identifier (SOP Instance UID or MSH-10).
 
     The SR and the Encapsulated PDF are encoded here (DICOM Part 10, Explicit VR Little Endian, by
@@ -468,7 +472,7 @@ def waiting_for_earlier(ctx: AppContext, delivery_id: int) -> bool:
         return True
 
 
-def make_deliver_handler(ctx: AppContext) -> Any:
+def make_deliver_handler(ctx: AppContext) -> Handler:
     """The worker handler for ``deliver`` jobs."""
 
     def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException | None]:

@@ -195,7 +195,7 @@ class Ingestor:
             raise BackPressureError(f"job queue depth {depth} is at its limit {self.max_depth}")
 
     @staticmethod
-    def _source(session: Session, data: bytes, sha: str, path: str | None, **fields: Any) -> int:
+    def _source(session: Session, data: bytes, sha: str, path: str | None, **fields: object) -> int:
         """Insert the source-object row (bytes in the database when ``path`` is ``None``); its id."""
         values = {"sha256": sha, "size": len(data), **fields}
         if path is None:
@@ -205,7 +205,7 @@ class Ingestor:
         return int(_INSERT_SOURCE.execute(session, values))
 
     @staticmethod
-    def _new_source(session: Tx, data: bytes, sha: str, **fields: Any) -> int | None:
+    def _new_source(session: Tx, data: bytes, sha: str, **fields: object) -> int | None:
         """Insert the source-object row of bytes kept in the database, unless a row with ``sha`` exists
         (one statement instead of a lookup and an insert); its id, or ``None`` when it exists."""
         values = {"sha256": sha, "size": len(data), "storage_path": IN_DATABASE, "content": data, **fields}

@@ -22,6 +22,8 @@ from ecgcad.vessels import VESSELS
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from ecgcad.db.session import Database
+
 logger = logging.getLogger(__name__)
 
 ACTIVE_KEY = "model.active"
@@ -35,7 +37,7 @@ def active_checkpoint(session: Session) -> dict[str, Any] | None:
     return dict(row.value) if row is not None and row.value.get("checkpoint") else None
 
 
-def resolve_active_checkpoint(db: Any) -> str | None:
+def resolve_active_checkpoint(db: Database) -> str | None:
     """Path of the promoted checkpoint for the service, checking its SHA-256 still matches.
 
     Raises

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, exists, select, text
+from sqlalchemy import ColumnElement, and_, exists, select, text
 from sqlalchemy.orm import Session
 
 from ecgcad.db import audit
@@ -31,6 +31,7 @@ from ecgcad.db.models import (
     utcnow,
 )
 from ecgcad.jobs.queue import ClaimedJob
+from ecgcad.jobs.worker import Handler
 
 if TYPE_CHECKING:
     from ecgcad.context import AppContext
@@ -44,7 +45,7 @@ FINISHED_ECG_STATES = ("scored", "not_evaluated")
 VACUUM_FREE_FRACTION = 0.2
 
 
-def _deletable(kind: str, cutoff: dt.datetime) -> Any:
+def _deletable(kind: str, cutoff: dt.datetime) -> ColumnElement[bool]:
     """WHERE clause: objects of ``kind`` received before ``cutoff`` whose work is finished and delivered."""
     unfinished_ecg = exists().where(
         EcgRecord.source_object_id == SourceObject.id, EcgRecord.state.not_in(FINISHED_ECG_STATES)
@@ -124,7 +125,7 @@ def apply_retention(ctx: AppContext, *, now: dt.datetime | None = None) -> dict[
     return deleted
 
 
-def make_retention_handler(ctx: AppContext) -> Any:
+def make_retention_handler(ctx: AppContext) -> Handler:
     """The worker handler for ``retention`` jobs."""
 
     def handle(jobs: list[ClaimedJob]) -> None:
@@ -187,7 +188,7 @@ def run_maintenance(ctx: AppContext, *, vacuum: bool | None = None) -> dict[str,
     return report
 
 
-def make_maintenance_handler(ctx: AppContext) -> Any:
+def make_maintenance_handler(ctx: AppContext) -> Handler:
     """The worker handler for ``maintenance`` jobs (payload may hold ``{"vacuum": true}``)."""
 
     def handle(jobs: list[ClaimedJob]) -> None:

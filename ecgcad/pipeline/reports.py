@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -252,7 +252,7 @@ def _input(
     order: Order | None,
     signal: np.ndarray | None,
     beats: np.ndarray | None,
-    explanations: Any,
+    explanations: Mapping[str, list[dict[str, Any]]] | None,
     predecessor: PredecessorReference | None,
 ) -> StenosisReportInput:
     probabilities = {v: float(p) for v, p in result.probabilities().items() if p is not None}

@@ -29,11 +29,14 @@ from ecgcad.db.models import Delivery, EcgRecord, ModelVersion, Result, SourceOb
 from ecgcad.db.objects import source_bytes
 from ecgcad.errors import DecodeError, ModelError
 from ecgcad.jobs.queue import ClaimedJob
+from ecgcad.jobs.worker import DeadLetterHandler, Handler
 from ecgcad.logsetup import uid_hash
 from ecgcad.vessels import VESSELS
 
 if TYPE_CHECKING:
     from ecgcad.context import AppContext
+    from ecgcad.model.predictor import Predictor
+    from ecgcad.model.risk import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class _Prepared:
     identifiers_update: dict[str, Any] | None = None
 
 
-def ensure_model_version(session: Session, predictor: Any, *, role: str = "active") -> ModelVersion:
+def ensure_model_version(session: Session, predictor: Predictor, *, role: str = "active") -> ModelVersion:
     """The ModelVersion row of ``predictor`` (created on first use)."""
     mv = session.execute(
         select(ModelVersion).where(ModelVersion.version == predictor.model_version)
@@ -69,7 +72,7 @@ def ensure_model_version(session: Session, predictor: Any, *, role: str = "activ
     return mv
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: object) -> Any:  # noqa: ANN401 - any JSON value (json.loads), for JSON columns
     import json
 
     try:
@@ -162,9 +165,9 @@ def new_result(
     ecg_id: int,
     model_version_id: int,
     result_version: int,
-    predictor: Any,
+    predictor: Predictor,
     prep: _Prepared,
-    prediction: Any | None,
+    prediction: Prediction | None,
     *,
     shadow: bool = False,
 ) -> Result:
@@ -194,8 +197,8 @@ def _store_result(
     ctx: AppContext,
     session: Session,
     prep: _Prepared,
-    predictor: Any,
-    prediction: Any | None,
+    predictor: Predictor,
+    prediction: Prediction | None,
     *,
     shadow: bool = False,
 ) -> Result | None:
@@ -248,8 +251,8 @@ _MODEL_FAILURES = (ModelError, RuntimeError, MemoryError)
 
 
 def _predict_halving(
-    predictor: Any, preps: list[_Prepared]
-) -> tuple[dict[int, Any], dict[int, BaseException]]:
+    predictor: Predictor, preps: list[_Prepared]
+) -> tuple[dict[int, Prediction], dict[int, BaseException]]:
     """Predict ``preps`` in one batch; when the model fails (e.g. GPU out of memory), try each half again.
 
     Returns
@@ -285,7 +288,7 @@ def _model_failed(ctx: AppContext, exc: BaseException) -> None:
         pass
 
 
-def make_score_handler(ctx: AppContext) -> Any:
+def make_score_handler(ctx: AppContext) -> Handler:
     """The worker handler for ``score`` micro-batches."""
 
     def handle(jobs: list[ClaimedJob]) -> dict[int, BaseException | None]:
@@ -314,7 +317,7 @@ def make_score_handler(ctx: AppContext) -> Any:
             error = ModelError(f"model unavailable: {type(exc).__name__}")
             return {job.id: error for job in jobs}
         scorable = [p for p in preps if p.signal is not None]
-        predictions: dict[int, Any] = {}
+        predictions: dict[int, Prediction] = {}
         model_failures: dict[int, BaseException] = {}
         if scorable:
             t0 = time.perf_counter()
@@ -331,7 +334,7 @@ def make_score_handler(ctx: AppContext) -> Any:
                 failures[prep.job.id] = ModelError(f"prediction failed: {model_failures[prep.ecg_id]}")
         preps = [p for p in preps if p.ecg_id not in model_failures]
         shadow = ctx.shadow_predictor
-        shadow_out: dict[int, Any] = {}
+        shadow_out: dict[int, Prediction] = {}
         if shadow is not None and scorable:
             try:
                 shadow_out = {
@@ -349,6 +352,7 @@ def make_score_handler(ctx: AppContext) -> Any:
                 with ctx.db.session() as session:
                     result = _store_result(ctx, session, prep, predictor, predictions.get(prep.ecg_id))
                     if prep.ecg_id in shadow_out:
+                        assert shadow is not None  # shadow_out is only filled by the shadow model
                         _store_result(ctx, session, prep, shadow, shadow_out[prep.ecg_id], shadow=True)
                 TELEMETRY.count_result(result)
                 logger.info(
@@ -418,7 +422,7 @@ def settle_dead_score_job(ctx: AppContext, job: ClaimedJob, error: BaseException
         ctx.wake()  # its deliveries were queued
 
 
-def make_score_dead_letter_handler(ctx: AppContext) -> Any:
+def make_score_dead_letter_handler(ctx: AppContext) -> DeadLetterHandler:
     """The worker's ``on_dead_letter`` callback for ``score`` jobs (:func:`settle_dead_score_job`)."""
 
     def on_dead_letter(job: ClaimedJob, error: BaseException) -> None:
@@ -427,7 +431,7 @@ def make_score_dead_letter_handler(ctx: AppContext) -> Any:
     return on_dead_letter
 
 
-def make_decode_handler(ctx: AppContext) -> Any:
+def make_decode_handler(ctx: AppContext) -> Handler:
     """The worker handler for ``decode`` jobs (files dropped or ingested by the CLI / PACS poll)."""
 
     def handle(jobs: list[ClaimedJob]) -> None:
@@ -466,7 +470,7 @@ def make_decode_handler(ctx: AppContext) -> Any:
     return handle
 
 
-def make_rescore_handler(ctx: AppContext) -> Any:
+def make_rescore_handler(ctx: AppContext) -> Handler:
     """The worker handler for ``rescore`` jobs: a new result version of the same ECG and model."""
 
     def handle(jobs: list[ClaimedJob]) -> None:
@@ -529,14 +533,14 @@ def make_rescore_handler(ctx: AppContext) -> Any:
     return handle
 
 
-def thresholds_in_force(ctx: AppContext, predictor: Any) -> dict[str, float]:
+def thresholds_in_force(ctx: AppContext, predictor: Predictor) -> dict[str, float]:
     """The predictor's risk thresholds (or the configured ones when it has none), as recorded on results."""
     th = getattr(predictor, "thresholds", None)
     high = getattr(th, "high", None)
     return {k: float(v) for k, v in dict(high).items()} if high else ctx.settings.thresholds.as_dict()
 
 
-def apply_prediction(result: Result, prediction: Any) -> None:
+def apply_prediction(result: Result, prediction: Prediction) -> None:
     """Copy a prediction's probabilities, flags and risk bands onto ``result``."""
     probs = {v: float(prediction.probabilities[v]) for v in VESSELS}
     flags = {v: bool(prediction.flags[v]) for v in VESSELS}
@@ -556,7 +560,7 @@ def apply_prediction(result: Result, prediction: Any) -> None:
     result.risk_bands = dict(getattr(prediction, "bands", {}) or {})
 
 
-def next_result_version(session: Any, ecg_id: int) -> int:
+def next_result_version(session: Session, ecg_id: int) -> int:
     """The version a rescore of ``ecg_id`` will get."""
     current = session.execute(
         select(func.max(Result.result_version)).where(Result.ecg_id == ecg_id, Result.shadow.is_(False))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ecgcad.db.models import Result
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -66,7 +69,7 @@ class Telemetry:
             key = (destination, outcome)
             self.delivery_outcomes[key] = self.delivery_outcomes.get(key, 0) + 1
 
-    def count_result(self, result: Any) -> None:
+    def count_result(self, result: Result | None) -> None:
         """Hook for per-result counters (results are counted from the database)."""
 
     def render(self) -> list[str]:

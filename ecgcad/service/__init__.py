@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any
+from typing import Protocol
 
 from ecgcad import __version__
 from ecgcad.config import Settings
@@ -22,6 +22,19 @@ from ecgcad.errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 ALL_ROLES = ("listeners", "api", "worker", "scheduler")
+
+
+class Component(Protocol):
+    """A part of one ``ecgcad serve`` process that starts and stops: a listener, the worker, the scheduler,
+    the API server, a delivery process, the audit checkpointer."""
+
+    def start(self) -> object:
+        """Start serving (returns once it runs)."""
+        ...
+
+    def stop(self) -> object:
+        """Stop and release what it holds."""
+        ...
 
 
 class Service:
@@ -49,7 +62,7 @@ class Service:
         self.settings = settings
         self.roles = roles
         self.ctx = ctx
-        self._started: list[tuple[str, Any]] = []
+        self._started: list[tuple[str, Component]] = []
         self._stop_requested = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -116,7 +129,7 @@ class Service:
         logger.info("ecgcad %s ready (roles: %s)", __version__, ",".join(sorted(self.roles)))
         return ctx
 
-    def _start(self, name: str, component: Any, info: str | None = None) -> None:
+    def _start(self, name: str, component: Component, info: str | None = None) -> None:
         assert self.ctx is not None
         component.start()
         self.ctx.components[name] = component

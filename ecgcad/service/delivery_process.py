@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 from ecgcad.context import AppContext
@@ -33,7 +34,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _child_main(settings_data: dict[str, Any], index: int, parent_pid: int, wake: Any, stop: Any) -> None:
+def _child_main(
+    settings_data: dict[str, Any], index: int, parent_pid: int, wake: MpEvent, stop: MpEvent
+) -> None:
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     from ecgcad.config import load_settings

@@ -331,7 +331,7 @@ def evaluate_predictions(
     return _clean(out)
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: object) -> Any:  # noqa: ANN401 - a JSON value: NaN as None, numpy scalars as Python's
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -11,12 +11,15 @@ import csv
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ecgcad.model.risk import VESSELS
 from ecgcad.training.dataset import OPTIONAL_COLUMNS, DatasetStore
+
+if TYPE_CHECKING:
+    from ecgcad.model.predictor import Predictor
 
 
 @dataclasses.dataclass(slots=True)
@@ -113,7 +116,7 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
 
 
 def predict_store(
-    predictor: Any, store: DatasetStore, rows: np.ndarray | None = None, chunk: int = 128
+    predictor: Predictor, store: DatasetStore, rows: np.ndarray | None = None, chunk: int = 128
 ) -> Predictions:
     """Score rows of ``store`` with ``predictor`` (a :class:`~ecgcad.model.predictor.Predictor`)."""
     rows = np.arange(store.count) if rows is None else np.asarray(rows, np.int64)

@@ -13,12 +13,15 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ecgcad.model.risk import DISCLAIMER, VESSELS
 from ecgcad.training.evaluate_data import Predictions
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COLOURS = {"rca": "#1f77b4", "lm": "#d62728", "lad": "#2ca02c", "lcx": "#9467bd"}
 
@@ -31,13 +34,13 @@ def _roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
     return fp / max(fp[-1], 1), tp / max(tp[-1], 1)
 
 
-def _figures(preds: Predictions, results: dict[str, Any]) -> list[tuple[str, Any]]:
+def _figures(preds: Predictions, results: dict[str, Any]) -> list[tuple[str, Figure]]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    figs: list[tuple[str, Any]] = []
+    figs: list[tuple[str, Figure]] = []
     vessels = results["vessels"]
 
     fig = Figure(figsize=(6.5, 6))
@@ -163,7 +166,7 @@ def _figures(preds: Predictions, results: dict[str, Any]) -> list[tuple[str, Any
 
 
 def _table(results: dict[str, Any]) -> list[list[str]]:
-    def f(x: Any, pct: bool = False) -> str:
+    def f(x: float | None, pct: bool = False) -> str:
         if x is None:
             return "–"
         return f"{100 * x:.1f} %" if pct else f"{x:.3f}"
@@ -195,7 +198,7 @@ def _table(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _png(fig: Any) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     return buf.getvalue()

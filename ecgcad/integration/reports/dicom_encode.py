@@ -31,7 +31,7 @@ import datetime
 import functools
 import io
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -108,11 +108,11 @@ class _Charset:
 _ValueEncoder = Callable[[Any, _Charset], bytes | None]
 
 
-def _all_str(values: Any) -> bool:
+def _all_str(values: Iterable[object]) -> bool:
     return all(isinstance(v, str) for v in values)
 
 
-def _string(value: Any, padding: str) -> bytes | None:
+def _string(value: Any, padding: str) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
     """AE AS CS UR (space) and UI (``\\0``): ISO 8859-1, backslash between values (``write_string``)."""
     if isinstance(value, str):
         text = value
@@ -125,15 +125,15 @@ def _string(value: Any, padding: str) -> bytes | None:
     return text.encode(default_encoding)
 
 
-def _spaced(value: Any, charset: _Charset) -> bytes | None:
+def _spaced(value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
     return _string(value, " ")
 
 
-def _uid(value: Any, charset: _Charset) -> bytes | None:
+def _uid(value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
     return _string(value, "\0")
 
 
-def _text(value: Any, charset: _Charset) -> bytes | None:
+def _text(value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
     """LO LT SH ST UC UT in the data set's character set (``write_text``)."""
     if isinstance(value, str):
         data = charset.encode(value)
@@ -146,7 +146,7 @@ def _text(value: Any, charset: _Charset) -> bytes | None:
     return data + b" " if len(data) % 2 else data
 
 
-def _person_name(value: Any, charset: _Charset) -> bytes | None:
+def _person_name(value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
     """PN (``write_PN``: each name encoded by :meth:`PersonName.encode`)."""
     if isinstance(value, PersonName):
         names: Any = (value,)
@@ -158,7 +158,7 @@ def _person_name(value: Any, charset: _Charset) -> bytes | None:
     return data + b" " if len(data) % 2 else data
 
 
-def _number_string(value: Any, charset: _Charset) -> bytes | None:
+def _number_string(value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
     """DS and IS: the original string when there is one, else ``str()`` (``write_number_string``)."""
     if isinstance(value, _MULTI):
         text = "\\".join([v.original_string if hasattr(v, "original_string") else str(v) for v in value])
@@ -174,7 +174,7 @@ def _number_string(value: Any, charset: _Charset) -> bytes | None:
 def _date_time(strftime: str, strftime_fraction: str | None) -> _ValueEncoder:
     """DA, DT, TM: strings as they are, date/time objects by their original string or formatted."""
 
-    def fmt(v: Any) -> Any:
+    def fmt(v: Any) -> str:  # noqa: ANN401 - a DA/DT/TM value or a date, time or datetime
         if v is None:
             return ""
         if hasattr(v, "original_string"):
@@ -183,7 +183,7 @@ def _date_time(strftime: str, strftime_fraction: str | None) -> _ValueEncoder:
             return v.strftime(strftime_fraction)
         return v.strftime(strftime)
 
-    def encode(value: Any, charset: _Charset) -> bytes | None:
+    def encode(value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
         if isinstance(value, str):
             return _string(value, " ")
         if isinstance(value, _MULTI):
@@ -201,7 +201,7 @@ def _numbers(code: str) -> _ValueEncoder:
     """US UL SS SL SV UV FD FL (``write_numbers``)."""
     single = struct.Struct("<" + code).pack
 
-    def encode(value: Any, charset: _Charset) -> bytes | None:
+    def encode(value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
         if hasattr(value, "append"):
             return struct.pack(f"<{len(value)}{code}", *value)
         return single(value)
@@ -209,7 +209,7 @@ def _numbers(code: str) -> _ValueEncoder:
     return encode
 
 
-def _other(value: Any, charset: _Charset) -> bytes | None:
+def _other(value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
     """OB OD OF OL OV OW: the bytes, padded with ``\\0`` to even length."""
     if not isinstance(value, bytes | bytearray):
         return None
@@ -266,7 +266,7 @@ class _Encoder:
         #: Elements written by pydicom's element writer (for tests and profiling).
         self.fallbacks = 0
 
-    def charset(self, specific_character_set: Any) -> _Charset:
+    def charset(self, specific_character_set: str | list[str] | None) -> _Charset:
         """``convert_encodings`` as ``write_data_element`` calls it, once per distinct character set."""
         value = specific_character_set
         key = tuple(value) if isinstance(value, _MULTI) else value
@@ -275,7 +275,7 @@ class _Encoder:
             charset = self._charsets[key] = _Charset(convert_encodings(value or [default_encoding]))
         return charset
 
-    def dataset(self, ds: Dataset, parent_encoding: Any, prepassed: bool) -> bytes:
+    def dataset(self, ds: Dataset, parent_encoding: str | list[str], prepassed: bool) -> bytes:
         """The elements of ``ds`` as ``write_dataset`` writes them to an Explicit VR Little Endian file.
 
         ``prepassed``: an enclosing data set was written decoded, so pydicom's ambiguous-VR pass has already
@@ -308,7 +308,12 @@ class _Encoder:
         return b"".join(out)
 
     def element(
-        self, elem: DataElement, tag: int, specific: Any, charset: _Charset, prepassed: bool
+        self,
+        elem: DataElement,
+        tag: int,
+        specific: str | list[str] | None,
+        charset: _Charset,
+        prepassed: bool,
     ) -> bytes:
         """One element (``tag`` is ``int(elem.tag)``), encoded by pydicom when this encoder cannot."""
         vr = elem.VR
@@ -362,7 +367,7 @@ class _Encoder:
         self._items[key] = (item, encoded)  # the item is kept so that its id is not reused meanwhile
         return encoded
 
-    def fallback(self, elem: DataElement | RawDataElement, specific: Any) -> bytes:
+    def fallback(self, elem: DataElement | RawDataElement, specific: str | list[str] | None) -> bytes:
         """``elem`` written by pydicom's own element writer."""
         self.fallbacks += 1
         fp = _explicit_le_buffer()
@@ -370,7 +375,7 @@ class _Encoder:
         return fp.getvalue()
 
 
-def _encode(vr: str, value: Any, charset: _Charset) -> bytes | None:
+def _encode(vr: str, value: Any, charset: _Charset) -> bytes | None:  # noqa: ANN401 - an element value (pydicom: Any)
     """The value bytes of a non-empty value, or None for pydicom's element writer to write it."""
     encoder = _VALUE_ENCODERS.get(vr)
     if encoder is None:

@@ -13,9 +13,12 @@ from __future__ import annotations
 import struct
 import warnings
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ecgcad.errors import DecodeError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -307,13 +310,13 @@ class DatasetNode:
 
     __slots__ = ("_ds",)
 
-    def __init__(self, ds: Any) -> None:
+    def __init__(self, ds: Dataset) -> None:
         self._ds = ds
 
     def has(self, tag: int) -> bool:  # noqa: D102
         return tag in self._ds
 
-    def _value(self, tag: int) -> Any:
+    def _value(self, tag: int) -> Any:  # noqa: ANN401 - pydicom's DataElement.value is Any
         if tag not in self._ds:
             return None
         return self._ds[tag].value
