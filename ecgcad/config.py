@@ -551,7 +551,7 @@ def _env_overrides() -> dict[str, Any]:
     return out
 
 
-def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: object) -> Settings:
     """Load settings: TOML file (``config_file`` or ``$ECGCAD_CONFIG``), then environment, then ``overrides``.
 
     Parameters

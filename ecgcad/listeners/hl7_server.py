@@ -38,7 +38,8 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ecgcad.db import audit
 from ecgcad.errors import BackPressureError, StorageError
@@ -48,12 +49,15 @@ from ecgcad.integration.transport.mllp import MllpDecoder, MllpFrameTooLarge, Un
 from ecgcad.listeners.allowlist import AddressAllowList
 from ecgcad.listeners.tls import server_ssl_context
 from ecgcad.logsetup import uid_hash
-from ecgcad.pipeline.ingest import Hl7Message
+from ecgcad.pipeline.ingest import Hl7Message, IngestResult
 
 if TYPE_CHECKING:
     from ecgcad.context import AppContext
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Message types stored for the worker (MSH-9.1, or MSH-9.1^MSH-9.2).
 SUPPORTED_TYPES: frozenset[str] = frozenset({"ORU^R01", "ORM^O01", "OMG^O19", "ADT"})
@@ -198,14 +202,21 @@ class Hl7Server:
         return len(self._connections)
 
     # -- audit -------------------------------------------------------------------------------------------
-    def _audit(self, event_type: str, *, outcome: int = 0, **fields: Any) -> None:
+    def _audit(
+        self,
+        event_type: str,
+        *,
+        outcome: int = 0,
+        address: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         try:
             with self.ctx.db.session() as session:
-                audit.record(session, event_type, outcome=outcome, **fields)
+                audit.record(session, event_type, outcome=outcome, address=address, detail=detail)
         except Exception:  # noqa: BLE001 - an audit failure must not break the connection
             logger.exception("could not audit %s", event_type)
 
-    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
@@ -449,7 +460,7 @@ class Hl7Server:
         answer = self._ack(header, "reject", reason, hl7_ack.ERR_SEGMENT_SEQUENCE, "MSH")
         return None, answer, {"reason": reason, "control_id_hash": control, "bytes": len(message)}
 
-    def _answer(self, header: MessageHeader, outcome: Any) -> bytes | None:
+    def _answer(self, header: MessageHeader, outcome: IngestResult | BaseException) -> bytes | None:
         """The ACK for a message the ingestor stored (an :class:`IngestResult`) or refused (an exception)."""
         if not isinstance(outcome, BaseException):
             self.acknowledged += 1

@@ -26,6 +26,7 @@ from ecgcad.pipeline.scoring import settle_dead_score_job
 
 if TYPE_CHECKING:
     from ecgcad.context import AppContext
+    from ecgcad.jobs.worker import Handler
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def sweep_dead_score_jobs(ctx: AppContext, *, limit: int = SWEEP_LIMIT) -> int:
     return settled
 
 
-def make_dead_letter_sweep_handler(ctx: AppContext) -> Any:
+def make_dead_letter_sweep_handler(ctx: AppContext) -> Handler:
     """The worker handler for ``dead_letter_sweep`` jobs (:func:`sweep_dead_score_jobs`)."""
 
     def handle(jobs: list[ClaimedJob]) -> None:

@@ -613,7 +613,7 @@ def write_hl7_oru_ed(
     encoding: str = "Base64",
     identifiers: EcgIdentifiers | None = None,
     control_id: str = "MSG00001",
-    **overrides: Any,
+    **overrides: Any,  # noqa: ANN401 - EcgIdentifiers fields (text and datetimes)
 ) -> bytes:
     """Write an ORU^R01 (v2.5.1) carrying ``payload`` in an ``ED`` OBX.
 
@@ -656,7 +656,7 @@ def write_hl7_oru_waveform(
     mllp: bool = False,
     identifiers: EcgIdentifiers | None = None,
     control_id: str = "MSG00002",
-    **overrides: Any,
+    **overrides: Any,  # noqa: ANN401 - EcgIdentifiers fields (text and datetimes)
 ) -> bytes:
     """Write an ORU^R01 with Chapter 7 waveform OBX: ``CD`` per channel (CHN), ``TS`` (TIM), data (WAV).
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -23,6 +23,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from ecgcad.errors import BuildError
 from ecgcad.integration.transport.senders import SendOutcome, _KeepOpen
 from ecgcad.logsetup import uid_hash
+
+if TYPE_CHECKING:
+    from pydicom.tag import BaseTag
+    from pynetdicom import AE
+    from pynetdicom.association import Association
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +173,7 @@ class DicomStoreSender(_KeepOpen):
     def _fits_kept(self, obj: _StoreObject) -> bool:
         return obj.sop_class_uid in self.sop_classes and obj.transfer_syntax in (None, *_UNCOMPRESSED)
 
-    def _new_ae(self, contexts: Sequence[tuple[str, list[str]]], *, network_timeout: float) -> Any:
+    def _new_ae(self, contexts: Sequence[tuple[str, list[str]]], *, network_timeout: float) -> AE:
         from pynetdicom import AE
 
         ae = AE(ae_title=self.calling_ae)
@@ -180,7 +185,7 @@ class DicomStoreSender(_KeepOpen):
             ae.add_requested_context(sop_class, transfer)
         return ae
 
-    def _associate(self, ae: Any) -> tuple[Any, SendOutcome | None]:
+    def _associate(self, ae: AE) -> tuple[Association | None, SendOutcome | None]:
         """``(association, None)``, or ``(None, outcome)`` when none could be established."""
         self._connecting_since = time.monotonic()
         try:
@@ -208,6 +213,7 @@ class DicomStoreSender(_KeepOpen):
         )
         if failure is not None:
             return failure
+        assert assoc is not None  # _associate gives one or the other
         try:
             try:
                 status = _c_store(assoc, obj, self.spool_dir)
@@ -328,12 +334,14 @@ class DicomStoreSender(_KeepOpen):
         return outcome
 
 
-def _no_delay(assoc: Any) -> None:
+def _no_delay(assoc: Association) -> None:
     """Turn Nagle off on an association's socket. pynetdicom writes a C-STORE as a command PDU followed by
     data PDUs; with Nagle on, each data PDU waits for the ACK of the one before, which a peer that delays
     its ACKs (Linux: up to 40 ms) holds back on every object."""
+    transport = assoc.dul.socket
     with contextlib.suppress(AttributeError, OSError):
-        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if transport is not None and transport.socket is not None:
+            transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _StoreObject:
@@ -433,11 +441,13 @@ def _read_file_meta(data: bytes) -> tuple[str, str, str] | None:
     return str(sop_class), str(sop_instance), ExplicitVRLittleEndian
 
 
-def _after_group_2(tag: Any, vr: Any, length: int) -> bool:
+def _after_group_2(tag: BaseTag, vr: str | None, length: int) -> bool:
     return bool(tag.group != 2)
 
 
-def _c_store(assoc: Any, obj: _StoreObject, spool_dir: str | os.PathLike[str] | None = None) -> Dataset:
+def _c_store(
+    assoc: Association, obj: _StoreObject, spool_dir: str | os.PathLike[str] | None = None
+) -> Dataset:
     """``assoc.send_c_store`` of ``obj``: the encoded data set as it is when the peer accepted the SOP class
     with Explicit VR Little Endian, else the dataset (which pynetdicom encodes for the accepted context).
 
@@ -459,7 +469,7 @@ def _c_store(assoc: Any, obj: _StoreObject, spool_dir: str | os.PathLike[str] | 
     return assoc.send_c_store(obj.dataset())  # type: ignore[no-any-return]
 
 
-def _accepted(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> bool:
+def _accepted(assoc: Association, sop_class_uid: str, transfer_syntax: str) -> bool:
     """Whether the peer accepted ``sop_class_uid`` with ``transfer_syntax`` for us as SCU on ``assoc``."""
     return any(
         cx.abstract_syntax == sop_class_uid and cx.transfer_syntax[0] == transfer_syntax and cx.as_scu
