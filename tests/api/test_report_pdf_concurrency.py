@@ -25,10 +25,9 @@ from ecgcad.api.app import create_app
 from ecgcad.context import AppContext
 from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import EcgRecord, Result
-from ecgcad.jobs.worker import Worker
 from ecgcad.listeners.dicom_scp import TWELVE_LEAD_ECG_WAVEFORM_STORAGE, DicomScp
-from ecgcad.pipeline.handlers import register_handlers
 from tests.api.conftest import bearer, make_tokens
+from tests.helpers import drain
 from tests.listeners.conftest import ECG_FILE, make_settings
 
 #: The SCU waits this long for a C-STORE response: longer than the 30 s busy timeout a stalled writer sees.
@@ -73,25 +72,12 @@ def _ecg_with_new_uid() -> pydicom.Dataset:
     return ds
 
 
-def _score_all(ctx: AppContext, *, timeout: float = 120.0) -> None:
-    worker = Worker(ctx.queue)
-    register_handlers(ctx, worker)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        worker.run_once()
-        counts = ctx.queue.counts()
-        if counts["queued"] == 0 and counts["running"] == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"queue did not drain: {ctx.queue.counts()}")
-
-
 def test_report_pdf_renders_while_a_concurrent_cstore_is_acked_within_a_second(
     service: tuple[AppContext, DicomScp], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx, scp = service
     assert _c_store(scp.address, _ecg_with_new_uid()) == 0x0000
-    _score_all(ctx)
+    drain(ctx, timeout=120.0)
     with ctx.db.read_session() as s:
         ecg_id = s.execute(select(EcgRecord.id)).scalar_one()
         result = s.execute(select(Result).where(Result.ecg_id == ecg_id)).scalar_one()

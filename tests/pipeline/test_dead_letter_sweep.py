@@ -29,8 +29,9 @@ from ecgcad.jobs.schedule import build_scheduler
 from ecgcad.jobs.worker import Worker
 from ecgcad.testing.fake_predictor import FakePredictor
 from ecgcad.testing.fake_senders import FakeSender
+from tests.helpers import drain
 from tests.pipeline.test_every_ecg_reported import _not_evaluated_code, _reports
-from tests.pipeline.test_flow import FIXED, _drain, _ingest_real, _worker
+from tests.pipeline.test_flow import FIXED, _ingest_real, _worker
 
 LEASE_S = 1.0
 
@@ -115,7 +116,7 @@ def test_score_job_whose_worker_died_on_the_last_attempt_makes_the_ecg_not_evalu
     _run_until_dead_lettered(ctx, worker, job_id)
 
     _run_every_scheduled_job_once(ctx)
-    _drain(ctx, worker)
+    drain(ctx, worker)
 
     with ctx.db.read_session() as s:
         state = s.get(EcgRecord, ecg_id).state  # type: ignore[union-attr]
@@ -163,7 +164,7 @@ def test_settling_a_dead_score_job_again_adds_no_result_and_no_delivery(ctx: App
     assert _counts(ctx, ecg_id) == (1, 3)
 
     assert sweep_dead_score_jobs(ctx) == 0, "nothing is left waiting"
-    _drain(ctx, worker)
+    drain(ctx, worker)
     assert _counts(ctx, ecg_id) == (1, 3)
     _, received = _reports(ctx, ecg_id)
     assert {kind: state for kind, (state, _) in received.items()} == {

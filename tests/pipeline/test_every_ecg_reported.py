@@ -20,7 +20,8 @@ from ecgcad.integration.formats.ecg import LEADS
 from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 from ecgcad.testing.fake_predictor import FakePredictor
-from tests.pipeline.test_flow import FIXED, _dicom, _drain, _ingest_real, _worker
+from tests.helpers import drain
+from tests.pipeline.test_flow import FIXED, _dicom, _ingest_real, _worker
 from tests.pipeline.test_flow import ctx as _flow_ctx  # noqa: F401 - the "ctx" fixture
 
 _uids = iter(range(1, 1000))
@@ -107,7 +108,7 @@ def test_acknowledged_ecg_that_is_not_evaluated_gets_sr_pdf_and_oru(
 ) -> None:
     """Before: C-STORE Success, then every delivery failed "reason text must be 1–64 characters"."""
     ecg_id = _ingest(ctx, make())
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     result, received = _reports(ctx, ecg_id)
     assert not result.scorable
     assert {kind: state for kind, (state, _) in received.items()} == {
@@ -126,7 +127,7 @@ def test_acknowledged_ecg_that_is_not_evaluated_gets_sr_pdf_and_oru(
 def test_unparsable_birth_date_is_left_out_and_the_scored_sr_is_delivered(ctx: AppContext) -> None:
     """Before: ``PatientBirthDate=00000000`` scored, but the SR failed with "year 0 is out of range"."""
     ecg_id = _ingest(ctx, _dicom_ecg(patient_birth_date="00000000"))
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     result, received = _reports(ctx, ecg_id)
     assert result.scorable
     assert {kind: state for kind, (state, _) in received.items()} == {
@@ -142,7 +143,7 @@ def test_score_job_out_of_attempts_makes_the_ecg_not_evaluated_processing_error(
     """Before: the job failed 5 times and the ECG stayed ``queued`` forever, with no report."""
     ctx.set_predictor(FakePredictor(fixed=FIXED, fail_with=RuntimeError("device lost")))
     ecg_id = _ingest_real(ctx)
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     assert ctx.queue.counts()["failed"] == 1, "the score job is in the dead letter"
     result, received = _reports(ctx, ecg_id)
     assert not result.scorable and result.reason_code == "processing_error"
@@ -167,7 +168,7 @@ def test_score_job_out_of_attempts_without_a_model_marks_the_ecg_failed(
 
     monkeypatch.setattr(ctx, "get_predictor", no_model)
     ecg_id = _ingest_real(ctx)
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     with ctx.db.session() as s:
         assert s.get(EcgRecord, ecg_id).state == "failed"  # type: ignore[union-attr]
 
@@ -190,7 +191,7 @@ def test_report_that_cannot_be_built_is_an_alert_on_metrics_and_dashboard(
 
     monkeypatch.setattr(sr_module, "build_stenosis_sr", broken)
     ecg_id = _ingest_real(ctx)
-    _drain(ctx, _worker(ctx))
+    drain(ctx, _worker(ctx))
     _, received = _reports(ctx, ecg_id)
     assert {kind: state for kind, (state, _) in received.items()} == {
         "sr": "failed",

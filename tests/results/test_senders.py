@@ -27,8 +27,7 @@ from ecgcad.integration.reports.oru import build_oru
 from ecgcad.integration.reports.pdf import build_encapsulated_pdf
 from ecgcad.integration.reports.sr import build_stenosis_sr
 from ecgcad.integration.transport.dicom import STORE_SOP_CLASSES, DicomStoreSender
-from ecgcad.integration.transport.hl7_ack import parse_ack
-from ecgcad.integration.transport.mllp import MllpSender
+from ecgcad.integration.transport.mllp import MllpSender, parse_ack
 from ecgcad.integration.transport.mllp import frame as mllp_frame
 from ecgcad.integration.transport.senders import Sender, SendOutcome
 from ecgcad.logsetup import uid_hash

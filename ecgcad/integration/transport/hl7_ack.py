@@ -24,6 +24,7 @@ import time
 from typing import Literal
 
 from ecgcad.errors import DecodeError
+from ecgcad.integration.transport.mllp import END_BLOCK, START_BLOCK
 from ecgcad.logsetup import uid_hash
 
 #: HL7 table 0357 codes we use.
@@ -104,10 +105,6 @@ class MessageHeader:
     def enhanced_mode(self) -> bool:
         """True when MSH-15 or MSH-16 is valued (enhanced acknowledgement mode)."""
         return bool(self.accept_acknowledgment_type or self.application_acknowledgment_type)
-
-
-_MLLP_START = b"\x0b"
-_MLLP_END = b"\x1c"
 
 
 def _is_delimiter(c: str) -> bool:
@@ -206,7 +203,7 @@ def parse_header(data: bytes) -> MessageHeader:
         raise Hl7HeaderError(
             "invalid encoding characters in MSH-2", code=ERR_SEGMENT_SEQUENCE, location="MSH^1^2"
         )
-    if _MLLP_START in msh or _MLLP_END in msh:
+    if START_BLOCK in msh or END_BLOCK in msh:
         # The ACK echoes MSH fields: with a block character in them it could not be framed.
         raise Hl7HeaderError("MLLP block character in MSH", code=ERR_SEGMENT_SEQUENCE, location="MSH")
 
@@ -473,34 +470,8 @@ __all__ = [
     "ack_code",
     "build_ack",
     "escape",
-    "parse_ack",
     "loggable_message_type",
     "parse_header",
     "parse_order",
     "split_segments",
 ]
-
-
-def parse_ack(message: bytes) -> tuple[str, str, str]:
-    """``(MSA-1, MSA-2, ERR/MSA-3 text)`` of an HL7 acknowledgement.
-
-    Raises
-    ------
-    ValueError
-        No MSH or MSA segment.
-    """
-    text = message.decode("utf-8", "replace")
-    segments = [s for s in text.replace("\n", "\r").split("\r") if s]
-    if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 4:
-        raise ValueError("acknowledgement does not start with MSH")
-    sep = segments[0][3]
-    msa = next((s.split(sep) for s in segments if s.startswith("MSA")), None)
-    if msa is None:
-        raise ValueError("acknowledgement has no MSA segment")
-    code = msa[1] if len(msa) > 1 else ""
-    control = msa[2] if len(msa) > 2 else ""
-    detail = msa[3] if len(msa) > 3 else ""
-    err = next((s for s in segments if s.startswith("ERR")), None)
-    if err and not detail:
-        detail = err[4:]
-    return code, control, detail

@@ -25,7 +25,6 @@ import time
 from typing import TYPE_CHECKING
 
 from ecgcad.errors import BuildError
-from ecgcad.integration.transport.hl7_ack import parse_ack
 from ecgcad.integration.transport.senders import SendOutcome, _closed_or_unexpected_data, _KeepOpen
 
 if TYPE_CHECKING:
@@ -243,6 +242,31 @@ def read_frame(
         if not chunk:
             raise ConnectionError("peer closed the connection before the end block")
         buf += chunk
+
+
+def parse_ack(message: bytes) -> tuple[str, str, str]:
+    """``(MSA-1, MSA-2, ERR/MSA-3 text)`` of an HL7 acknowledgement.
+
+    Raises
+    ------
+    ValueError
+        No MSH or MSA segment.
+    """
+    text = message.decode("utf-8", "replace")
+    segments = [s for s in text.replace("\n", "\r").split("\r") if s]
+    if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 4:
+        raise ValueError("acknowledgement does not start with MSH")
+    sep = segments[0][3]
+    msa = next((s.split(sep) for s in segments if s.startswith("MSA")), None)
+    if msa is None:
+        raise ValueError("acknowledgement has no MSA segment")
+    code = msa[1] if len(msa) > 1 else ""
+    control = msa[2] if len(msa) > 2 else ""
+    detail = msa[3] if len(msa) > 3 else ""
+    err = next((s for s in segments if s.startswith("ERR")), None)
+    if err and not detail:
+        detail = err[4:]
+    return code, control, detail
 
 
 class MllpSender(_KeepOpen):
