@@ -1,8 +1,9 @@
 """ecgcad — scores resting 12-lead ECGs for severe coronary stenosis (RCA, LM, LAD, LCX).
 
-The package is split as described in ARCHITECTURE.md: ``listeners`` (network servers), ``integration``
-(formats and peers), ``model`` (Net1D and prediction), ``jobs`` (queue and worker), ``db`` (SQLAlchemy
-models and migrations) and ``api`` (FastAPI admin API and dashboard).
+The packages, their layers and the flow of one ECG through them are mapped in ``docs/architecture.md``:
+``cli`` (every command) on top; ``service`` and ``api``; ``listeners``, ``pipeline`` and ``context``;
+``integration`` (``formats``, ``reports``, ``transport``), ``model`` (inference), ``training`` and ``jobs``;
+``db``, ``config``, ``errors``, ``logsetup`` and ``vessels`` at the bottom.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ dataset that cannot be parsed at all         ``0xC210`` Error: Cannot understand
 anything unexpected                          ``0x0110`` Processing failure (logged with traceback)
 ===========================================  =========================================================
 
-Only the ECG storage SOP classes of ``STANDARDS.md`` and Verification are offered; any other abstract syntax
+Only the ECG storage SOP classes and Verification are offered; any other abstract syntax
 is refused in association negotiation (and audited). Calling AE titles and peer addresses are checked against
 allow-lists; refused associations are audited.
 
@@ -77,7 +77,7 @@ TWELVE_LEAD_ECG_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"
 GENERAL_32BIT_ECG_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.4"
 
-#: Storage SOP classes we accept (STANDARDS.md); ambulatory, hemodynamic and EP waveforms are refused.
+#: Storage SOP classes we accept (PS3.4 Annex B waveform storage); ambulatory, hemodynamic and EP waveforms are refused.
 ECG_STORAGE_SOP_CLASSES: tuple[str, ...] = (
     TWELVE_LEAD_ECG_WAVEFORM_STORAGE,
     GENERAL_ECG_WAVEFORM_STORAGE,

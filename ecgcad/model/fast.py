@@ -11,7 +11,7 @@
   oneDNN convolutions (the 1×1 ones are 75 % of the FLOPs) run in NWC without reordering their input and
   output on every call.
 
-The folded model is what :func:`~ecgcad.model.fast.optimize_module` compiles (``torch.compile``) for the
+The folded model is what :class:`~ecgcad.model.fastpath.ForwardPass` compiles (``torch.compile``) for the
 CPU and GPU fast paths. Folding changes rounding only (float32 throughout); tests compare it with the
 reference module at 1e-5 on logits.
 """

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]  # (done, total or None)
 
-#: The ECG waveform storage SOP classes we accept (STANDARDS.md).
+#: The ECG waveform storage SOP classes we accept (PS3.4 Annex B waveform storage).
 ECG_SOP_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.9.1.1",
     "1.2.840.10008.5.1.4.1.1.9.1.2",

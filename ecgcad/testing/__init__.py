@@ -1,1 +1,1 @@
-"""In-package fakes and test-material writers shared by the test suite and integrators (STYLE.md §6)."""
+"""In-package fakes and test-material writers shared by the test suite and integrators."""

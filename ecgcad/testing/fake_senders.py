@@ -1,4 +1,4 @@
-"""In-memory senders for tests and integrators (STYLE.md §6): no network, scripted outcomes."""
+"""In-memory senders for tests and integrators: no network, scripted outcomes."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-#: Canonical lead order (ARCHITECTURE.md).
+#: Canonical lead order: I, II, III, aVR, aVL, aVF, V1–V6 (the model input order, docs/architecture.md).
 LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 #: Target sampling rate and window of the model input.

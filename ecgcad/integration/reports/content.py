@@ -2,7 +2,7 @@
 
 :class:`StenosisReportInput` gathers everything the builders in :mod:`ecgcad.integration.reports.sr`,
 :mod:`ecgcad.integration.reports.pdf` and :mod:`ecgcad.integration.reports.oru` need, and checks it once, in its
-constructor, so that the builders never produce a half-valid object (STYLE.md §2).
+constructor, so that the builders never produce a half-valid object (validated in the constructor).
 
 Conventions
 -----------
