@@ -30,8 +30,13 @@ from ecgcad.jobs.worker import Worker
 from ecgcad.testing.fake_predictor import FakePredictor
 from ecgcad.testing.fake_senders import FakeSender
 from tests.helpers import drain
-from tests.pipeline.test_every_ecg_reported import _not_evaluated_code, _reports
-from tests.pipeline.test_flow import FIXED, _ingest_real, _worker
+from tests.pipeline.conftest import (
+    FIXED,
+    ingest_real,
+    not_evaluated_code,
+    pipeline_worker,
+    reports_of,
+)
 
 LEASE_S = 1.0
 
@@ -110,9 +115,9 @@ def test_score_job_whose_worker_died_on_the_last_attempt_makes_the_ecg_not_evalu
 ) -> None:
     """Before: the lease sweep dead-lettered the job without the worker, and the ECG stayed ``queued``
     forever, with no report."""
-    ecg_id = _ingest_real(ctx)
+    ecg_id = ingest_real(ctx)
     job_id = _worker_dies_holding_the_score_job(ctx)
-    worker = _worker(ctx)
+    worker = pipeline_worker(ctx)
     _run_until_dead_lettered(ctx, worker, job_id)
 
     _run_every_scheduled_job_once(ctx)
@@ -121,14 +126,14 @@ def test_score_job_whose_worker_died_on_the_last_attempt_makes_the_ecg_not_evalu
     with ctx.db.read_session() as s:
         state = s.get(EcgRecord, ecg_id).state  # type: ignore[union-attr]
     assert state == "not_evaluated", f"the ECG of the dead score job is {state!r}"
-    result, received = _reports(ctx, ecg_id)
+    result, received = reports_of(ctx, ecg_id)
     assert not result.scorable and result.reason_code == "processing_error"
     assert {kind: state for kind, (state, _) in received.items()} == {
         "sr": "sent",
         "pdf": "sent",
         "oru": "sent",
     }
-    assert _not_evaluated_code(received["sr"][1]) == "PROCESSING_ERROR"
+    assert not_evaluated_code(received["sr"][1]) == "PROCESSING_ERROR"
     assert b"PROCESSING_ERROR^processing error^99ECGCAD" in received["oru"][1]
     assert ctx.queue.get(job_id)["state"] == "failed", "the job stays in the dead letter"  # type: ignore[index]
 
@@ -138,9 +143,9 @@ def test_settling_a_dead_score_job_again_adds_no_result_and_no_delivery(ctx: App
     from ecgcad.pipeline.dead_letter import sweep_dead_score_jobs
     from ecgcad.pipeline.scoring import settle_dead_score_job
 
-    ecg_id = _ingest_real(ctx)
+    ecg_id = ingest_real(ctx)
     job_id = _worker_dies_holding_the_score_job(ctx)
-    worker = _worker(ctx)
+    worker = pipeline_worker(ctx)
     _run_until_dead_lettered(ctx, worker, job_id)
     dead = ClaimedJob(job_id, "score", {"ecg_id": ecg_id}, 1, 1)
 
@@ -166,7 +171,7 @@ def test_settling_a_dead_score_job_again_adds_no_result_and_no_delivery(ctx: App
     assert sweep_dead_score_jobs(ctx) == 0, "nothing is left waiting"
     drain(ctx, worker)
     assert _counts(ctx, ecg_id) == (1, 3)
-    _, received = _reports(ctx, ecg_id)
+    _, received = reports_of(ctx, ecg_id)
     assert {kind: state for kind, (state, _) in received.items()} == {
         "sr": "sent",
         "pdf": "sent",

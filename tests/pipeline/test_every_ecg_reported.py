@@ -14,24 +14,22 @@ import pytest
 from sqlalchemy import select
 
 from ecgcad.context import AppContext
-from ecgcad.db.models import AuditEvent, Delivery, EcgRecord, Result
+from ecgcad.db.models import AuditEvent, EcgRecord
 from ecgcad.errors import BuildError
 from ecgcad.integration.formats.ecg import LEADS
 from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 from ecgcad.testing.fake_predictor import FakePredictor
 from tests.helpers import drain
-from tests.pipeline.test_flow import FIXED, _dicom, _ingest_real, _worker
-from tests.pipeline.test_flow import ctx as _flow_ctx  # noqa: F401 - the "ctx" fixture
+from tests.pipeline.conftest import (
+    FIXED,
+    ingest_real,
+    not_evaluated_code,
+    pipeline_worker,
+    reports_of,
+)
 
 _uids = iter(range(1, 1000))
-
-
-@pytest.fixture
-def ctx(request: pytest.FixtureRequest) -> AppContext:
-    """test_flow's context: fake predictor, fake PACS (SR + PDF) and EHR (ORU) senders, fast backoff."""
-    flow_ctx: AppContext = request.getfixturevalue("_flow_ctx")
-    return flow_ctx
 
 
 def _ingest(ctx: AppContext, data: bytes) -> int:
@@ -65,29 +63,6 @@ def _dicom_ecg(signal: np.ndarray | None = None, *, sensitivity: str | None = No
     return buf.getvalue()
 
 
-def _reports(ctx: AppContext, ecg_id: int) -> tuple[Result, dict[str, tuple[str, Any]]]:
-    """The ECG's result and its deliveries: kind → (state, the object the fake peer received)."""
-    with ctx.db.session() as s:
-        result = s.execute(select(Result).where(Result.ecg_id == ecg_id)).scalar_one()
-        s.expunge(result)
-        deliveries = s.execute(select(Delivery).where(Delivery.result_id == result.id)).scalars().all()
-        states = {d.object_kind: (d.state, d.object_uid) for d in deliveries}
-    received: dict[str, tuple[str, Any]] = {}
-    for kind, (state, uid) in states.items():
-        if kind == "oru":
-            sent = [m for m in ctx.senders["ehr"].delivered if f"|{uid}|".encode() in m]  # type: ignore[attr-defined]
-        else:
-            sent = [d for d in map(_dicom, ctx.senders["pacs"].delivered) if d.SOPInstanceUID == uid]  # type: ignore[attr-defined]
-        received[kind] = (state, sent[0] if sent else None)
-    return result, received
-
-
-def _not_evaluated_code(sr: pydicom.Dataset) -> str:
-    items = sr.ContentSequence[-1].ContentSequence
-    (item,) = [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "NOT-EVALUATED"]
-    return str(item.ConceptCodeSequence[0].CodeValue)
-
-
 FLAT = np.zeros((len(LEADS), 5000), dtype=np.float32)
 NOISY = w.real_signal(500.0) + np.random.default_rng(0).normal(0, 0.5, (len(LEADS), 5000)).astype(np.float32)
 
@@ -108,15 +83,15 @@ def test_acknowledged_ecg_that_is_not_evaluated_gets_sr_pdf_and_oru(
 ) -> None:
     """Before: C-STORE Success, then every delivery failed "reason text must be 1–64 characters"."""
     ecg_id = _ingest(ctx, make())
-    drain(ctx, _worker(ctx))
-    result, received = _reports(ctx, ecg_id)
+    drain(ctx, pipeline_worker(ctx))
+    result, received = reports_of(ctx, ecg_id)
     assert not result.scorable
     assert {kind: state for kind, (state, _) in received.items()} == {
         "sr": "sent",
         "pdf": "sent",
         "oru": "sent",
     }
-    assert _not_evaluated_code(received["sr"][1]) == report_code
+    assert not_evaluated_code(received["sr"][1]) == report_code
     oru = received["oru"][1]
     assert f"|CWE|NOT-EVAL^Reason not evaluated^99ECGCAD||{report_code}^".encode() in oru
     assert b"|IND|" in oru
@@ -127,8 +102,8 @@ def test_acknowledged_ecg_that_is_not_evaluated_gets_sr_pdf_and_oru(
 def test_unparsable_birth_date_is_left_out_and_the_scored_sr_is_delivered(ctx: AppContext) -> None:
     """Before: ``PatientBirthDate=00000000`` scored, but the SR failed with "year 0 is out of range"."""
     ecg_id = _ingest(ctx, _dicom_ecg(patient_birth_date="00000000"))
-    drain(ctx, _worker(ctx))
-    result, received = _reports(ctx, ecg_id)
+    drain(ctx, pipeline_worker(ctx))
+    result, received = reports_of(ctx, ecg_id)
     assert result.scorable
     assert {kind: state for kind, (state, _) in received.items()} == {
         "sr": "sent",
@@ -142,17 +117,17 @@ def test_unparsable_birth_date_is_left_out_and_the_scored_sr_is_delivered(ctx: A
 def test_score_job_out_of_attempts_makes_the_ecg_not_evaluated_processing_error(ctx: AppContext) -> None:
     """Before: the job failed 5 times and the ECG stayed ``queued`` forever, with no report."""
     ctx.set_predictor(FakePredictor(fixed=FIXED, fail_with=RuntimeError("device lost")))
-    ecg_id = _ingest_real(ctx)
-    drain(ctx, _worker(ctx))
+    ecg_id = ingest_real(ctx)
+    drain(ctx, pipeline_worker(ctx))
     assert ctx.queue.counts()["failed"] == 1, "the score job is in the dead letter"
-    result, received = _reports(ctx, ecg_id)
+    result, received = reports_of(ctx, ecg_id)
     assert not result.scorable and result.reason_code == "processing_error"
     assert {kind: state for kind, (state, _) in received.items()} == {
         "sr": "sent",
         "pdf": "sent",
         "oru": "sent",
     }
-    assert _not_evaluated_code(received["sr"][1]) == "PROCESSING_ERROR"
+    assert not_evaluated_code(received["sr"][1]) == "PROCESSING_ERROR"
     assert b"PROCESSING_ERROR^processing error^99ECGCAD" in received["oru"][1]
     with ctx.db.session() as s:
         assert s.get(EcgRecord, ecg_id).state == "not_evaluated"  # type: ignore[union-attr]
@@ -167,8 +142,8 @@ def test_score_job_out_of_attempts_without_a_model_marks_the_ecg_failed(
         raise RuntimeError("checkpoint missing")
 
     monkeypatch.setattr(ctx, "get_predictor", no_model)
-    ecg_id = _ingest_real(ctx)
-    drain(ctx, _worker(ctx))
+    ecg_id = ingest_real(ctx)
+    drain(ctx, pipeline_worker(ctx))
     with ctx.db.session() as s:
         assert s.get(EcgRecord, ecg_id).state == "failed"  # type: ignore[union-attr]
 
@@ -190,9 +165,9 @@ def test_report_that_cannot_be_built_is_an_alert_on_metrics_and_dashboard(
         raise BuildError("a value the SR cannot carry")
 
     monkeypatch.setattr(sr_module, "build_stenosis_sr", broken)
-    ecg_id = _ingest_real(ctx)
-    drain(ctx, _worker(ctx))
-    _, received = _reports(ctx, ecg_id)
+    ecg_id = ingest_real(ctx)
+    drain(ctx, pipeline_worker(ctx))
+    _, received = reports_of(ctx, ecg_id)
     assert {kind: state for kind, (state, _) in received.items()} == {
         "sr": "failed",
         "pdf": "sent",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pydicom
@@ -18,73 +17,22 @@ from ecgcad.db.models import AuditEvent, Delivery, EcgRecord, Job, Result
 from ecgcad.integration.formats.ecg import EcgIdentifiers
 from ecgcad.integration.formats.readers import decode
 from ecgcad.integration.transport.senders import SendOutcome
-from ecgcad.jobs.worker import Worker
 from ecgcad.pipeline import actions
-from ecgcad.pipeline.handlers import register_handlers
 from ecgcad.testing.fake_predictor import FakePredictor
 from ecgcad.testing.fake_senders import FakeSender, RefusingSender
-from tests.helpers import drain, make_ctx
-
-FIXED = {"rca": 0.40, "lm": 0.005, "lad": 0.10, "lcx": 0.20}
-REAL_ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
-
-
-def _dicom(payload: object) -> Dataset:
-    """A delivered SR / PDF: Part 10 bytes (Explicit VR Little Endian), decoded."""
-    assert isinstance(payload, bytes)
-    ds = pydicom.dcmread(io.BytesIO(payload))
-    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
-    return ds
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> AppContext:
-    settings = load_settings(
-        None,
-        data_dir=str(tmp_path / "var"),
-        queue={"backoff_base_s": 0.05, "backoff_max_s": 0.1},
-        destinations=[
-            {
-                "name": "pacs",
-                "kind": "dicom",
-                "host": "127.0.0.1",
-                "port": 11113,
-                "ae_title": "PACS",
-                "send": ["sr", "pdf"],
-            },
-            {"name": "ehr", "kind": "hl7", "host": "127.0.0.1", "port": 2576, "max_attempts": 3},
-        ],
-    )
-    context = make_ctx(settings=settings, predictor=FakePredictor(fixed=FIXED, demonstration=True))
-    context.senders = {"pacs": FakeSender(), "ehr": FakeSender()}  # type: ignore[attr-defined]
-    context.sender_factory = lambda dest: context.senders[dest.name]
-    return context
-
-
-def _worker(ctx: AppContext) -> Worker:
-    worker = Worker(ctx.queue)
-    register_handlers(ctx, worker)
-    return worker
-
-
-def _ingest_real(ctx: AppContext) -> int:
-    data = REAL_ECG.read_bytes()
-    ecg = decode(data)
-    r = ctx.ingestor.ingest_dicom(
-        data,
-        sop_class_uid=ecg.identifiers.sop_class_uid,
-        sop_instance_uid=ecg.identifiers.sop_instance_uid,
-        ecg=ecg,
-        calling_ae="CART",
-        peer_address="127.0.0.1",
-    )
-    assert r.ecg_id is not None
-    return r.ecg_id
+from tests.helpers import drain
+from tests.pipeline.conftest import (
+    FIXED,
+    REAL_ECG,
+    dicom_of,
+    ingest_real,
+    pipeline_worker,
+)
 
 
 def test_real_ecg_is_scored_once_and_delivered_to_every_destination(ctx: AppContext) -> None:
-    ecg_id = _ingest_real(ctx)
-    worker = _worker(ctx)
+    ecg_id = ingest_real(ctx)
+    worker = pipeline_worker(ctx)
     drain(ctx, worker)
     with ctx.db.session() as s:
         results = s.execute(select(Result).where(Result.ecg_id == ecg_id)).scalars().all()
@@ -103,7 +51,7 @@ def test_real_ecg_is_scored_once_and_delivered_to_every_destination(ctx: AppCont
         events = s.execute(select(AuditEvent.event_type)).scalars().all()
         assert events.count("delivery.sent") == 3 and "ecg.scored" in events and "dicom.received" in events
     source = pydicom.dcmread(REAL_ECG)
-    sr, pdf = (_dicom(obj) for obj in ctx.senders["pacs"].delivered)  # type: ignore[attr-defined]
+    sr, pdf = (dicom_of(obj) for obj in ctx.senders["pacs"].delivered)  # type: ignore[attr-defined]
     for obj in (sr, pdf):
         assert isinstance(obj, Dataset)
         assert obj.PatientID == source.PatientID and obj.StudyInstanceUID == source.StudyInstanceUID
@@ -118,8 +66,8 @@ def test_real_ecg_is_scored_once_and_delivered_to_every_destination(ctx: AppCont
 
 def test_failing_destination_retries_with_backoff_and_never_blocks_the_other(ctx: AppContext) -> None:
     ctx.senders["ehr"] = FakeSender([SendOutcome.retry("connection refused"), SendOutcome.retry("MSA AE")])  # type: ignore[attr-defined]
-    _ingest_real(ctx)
-    worker = _worker(ctx)
+    ingest_real(ctx)
+    worker = pipeline_worker(ctx)
     drain(ctx, worker)
     with ctx.db.session() as s:
         ehr = s.execute(select(Delivery).where(Delivery.destination == "ehr")).scalar_one()
@@ -134,8 +82,8 @@ def test_failing_destination_retries_with_backoff_and_never_blocks_the_other(ctx
 def test_permanent_refusal_and_exhausted_retries_end_in_the_dead_letter(ctx: AppContext) -> None:
     ctx.senders["ehr"] = FakeSender(default=SendOutcome.retry("timeout"))  # type: ignore[attr-defined]
     ctx.senders["pacs"] = RefusingSender("status 0xA900")  # type: ignore[attr-defined]
-    _ingest_real(ctx)
-    drain(ctx, _worker(ctx))
+    ingest_real(ctx)
+    drain(ctx, pipeline_worker(ctx))
     with ctx.db.session() as s:
         states = {
             (d.destination, d.object_kind): (d.state, d.attempts, d.last_response)
@@ -157,23 +105,23 @@ def test_undecodable_ecg_is_reported_not_evaluated_with_its_reason(ctx: AppConte
             patient_id="MRN-NE", issuer_of_patient_id="HOSP", sop_instance_uid="1.2.3.999"
         ),
     )
-    drain(ctx, _worker(ctx))
+    drain(ctx, pipeline_worker(ctx))
     with ctx.db.session() as s:
         result = s.execute(select(Result).where(Result.ecg_id == r.ecg_id)).scalar_one()
         assert not result.scorable and result.reason_code == "decode_failed"
         assert s.get(EcgRecord, r.ecg_id).state == "not_evaluated"  # type: ignore[union-attr]
     (oru,) = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
     assert b"|IND|" in oru and b"DECODE_FAILED" in oru and b"MRN-NE" in oru
-    sr = _dicom(ctx.senders["pacs"].delivered[0])  # type: ignore[attr-defined]
+    sr = dicom_of(ctx.senders["pacs"].delivered[0])  # type: ignore[attr-defined]
     assert sr.PatientID == "MRN-NE"
 
 
 def test_a_second_run_of_the_score_job_does_not_duplicate_the_result(ctx: AppContext) -> None:
-    ecg_id = _ingest_real(ctx)
-    drain(ctx, _worker(ctx))
+    ecg_id = ingest_real(ctx)
+    drain(ctx, pipeline_worker(ctx))
     with ctx.db.session() as s:
         ctx.queue.defer(s, "score", {"ecg_id": ecg_id})  # e.g. a re-run after a crash
-    drain(ctx, _worker(ctx))
+    drain(ctx, pipeline_worker(ctx))
     with ctx.db.session() as s:
         assert s.execute(select(func.count()).select_from(Result)).scalar_one() == 1
         assert s.execute(select(func.count()).select_from(Delivery)).scalar_one() == 3
@@ -181,8 +129,8 @@ def test_a_second_run_of_the_score_job_does_not_duplicate_the_result(ctx: AppCon
 
 
 def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppContext) -> None:
-    ecg_id = _ingest_real(ctx)
-    worker = _worker(ctx)
+    ecg_id = ingest_real(ctx)
+    worker = pipeline_worker(ctx)
     drain(ctx, worker)
     out = actions.rescore_ecg(ctx, ecg_id, user="alice", role="operator", address="10.0.0.1")
     assert out["result_version"] == 2
@@ -196,7 +144,7 @@ def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppCon
         assert versions == [1, 2]
     orus = ctx.senders["ehr"].delivered  # type: ignore[attr-defined]
     assert len(orus) == 2 and b"|C|" in orus[1] or b"|C\r" in orus[1]
-    sr2 = _dicom(ctx.senders["pacs"].delivered[2])  # type: ignore[attr-defined]
+    sr2 = dicom_of(ctx.senders["pacs"].delivered[2])  # type: ignore[attr-defined]
     assert "PredecessorDocumentsSequence" in sr2
     with ctx.db.session() as s:
         sr_delivery = (
@@ -209,8 +157,8 @@ def test_rescore_makes_a_correction_and_resend_sends_the_same_object(ctx: AppCon
     before = len(ctx.senders["pacs"].delivered)  # type: ignore[attr-defined]
     actions.resend_delivery(ctx, delivery_id, user="bob", role="operator")
     drain(ctx, worker)
-    resent = _dicom(ctx.senders["pacs"].delivered[before])  # type: ignore[attr-defined]
-    assert resent.SOPInstanceUID == _dicom(ctx.senders["pacs"].delivered[0]).SOPInstanceUID  # type: ignore[attr-defined]
+    resent = dicom_of(ctx.senders["pacs"].delivered[before])  # type: ignore[attr-defined]
+    assert resent.SOPInstanceUID == dicom_of(ctx.senders["pacs"].delivered[0]).SOPInstanceUID  # type: ignore[attr-defined]
     pdf = actions.report_pdf(ctx, ecg_id)
     assert pdf.startswith(b"%PDF-")
     with ctx.db.session() as s:
@@ -232,9 +180,9 @@ def test_site_profile_settings_shape_the_sr_and_oru(tmp_path: Path) -> None:
     ctx.set_predictor(FakePredictor(fixed=FIXED))
     senders = {"pacs": FakeSender(), "ehr": FakeSender()}
     ctx.sender_factory = lambda dest: senders[dest.name]
-    _ingest_real(ctx)
-    drain(ctx, _worker(ctx))
-    (sr,) = (_dicom(obj) for obj in senders["pacs"].delivered)
+    ingest_real(ctx)
+    drain(ctx, pipeline_worker(ctx))
+    (sr,) = (dicom_of(obj) for obj in senders["pacs"].delivered)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
     (oru,) = senders["ehr"].delivered
     segments = [seg.split(b"|") for seg in oru.split(b"\r") if seg]
@@ -257,8 +205,8 @@ def test_shadow_model_results_are_stored_and_never_sent(tmp_path: Path) -> None:
     ctx._shadow = FakePredictor(name="candidate", fixed={"rca": 0.9, "lm": 0.9, "lad": 0.9, "lcx": 0.9})
     sender = FakeSender()
     ctx.sender_factory = lambda dest: sender
-    ecg_id = _ingest_real(ctx)
-    drain(ctx, _worker(ctx))
+    ecg_id = ingest_real(ctx)
+    drain(ctx, pipeline_worker(ctx))
     with ctx.db.session() as s:
         results = s.execute(select(Result).where(Result.ecg_id == ecg_id).order_by(Result.id)).scalars().all()
         assert [(r.shadow, r.model_name) for r in results] == [(False, "fake"), (True, "candidate")]
@@ -303,7 +251,7 @@ def test_ordered_destination_sends_a_patients_results_in_order(tmp_path: Path) -
     ctx.ingestor.ingest_dicom(
         buf.getvalue(), sop_class_uid=None, sop_instance_uid=ds.SOPInstanceUID, ecg=second
     )
-    drain(ctx, _worker(ctx))
+    drain(ctx, pipeline_worker(ctx))
     delivered = [m.split(b"\r", 1)[0].split(b"|")[9] for m in sender.delivered]
     assert [c[:2] for c in delivered] == [b"E1", b"E2"], delivered
     with ctx.db.session() as s:

@@ -25,7 +25,7 @@ from ecgcad.pipeline.delivery import SenderPool, checkout_sender, sender_pool
 from ecgcad.testing.fake_predictor import FakePredictor
 from tests.helpers import drain
 from tests.peers import StoreScp, wait_for
-from tests.pipeline.test_flow import _ingest_real
+from tests.pipeline.conftest import ingest_real
 from tests.results.conftest import make_input
 from tests.results.test_senders import MllpSink, _copies, _with_control_id
 
@@ -192,7 +192,7 @@ def test_deliveries_of_one_result_share_the_pooled_association(tmp_path, sink, p
     ctx = AppContext.from_settings(settings)
     try:
         ctx.set_predictor(FakePredictor(fixed={"rca": 0.4, "lm": 0.005, "lad": 0.1, "lcx": 0.2}))
-        _ingest_real(ctx)
+        ingest_real(ctx)
         drain(ctx)
         with ctx.db.session() as s:
             states = sorted((d.object_kind, d.state) for d in s.execute(select(Delivery)).scalars())
