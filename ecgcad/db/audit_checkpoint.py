@@ -20,13 +20,11 @@ new head: a checkpoint never blesses a truncated or rewritten chain.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hmac
 import json
 import logging
 import os
-import secrets
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from sqlalchemy.orm import Session
 from ecgcad.db.audit import GENESIS, ChainReport, verify_session
 from ecgcad.db.audit_key import AuditKey
 from ecgcad.db.models import AuditEvent
+from ecgcad.db.objects import write_atomically
 from ecgcad.db.prepared import Prepared
 from ecgcad.db.session import Database
 from ecgcad.errors import AuditIntegrityError
@@ -196,23 +195,7 @@ def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> No
     """Replace the checkpoint file atomically (``0600``, flushed to disk with its folder)."""
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(checkpoint.to_json() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomically(path, (checkpoint.to_json() + "\n").encode("utf-8"))
 
 
 def _signed_checkpoint(db: Database, path: str | os.PathLike[str]) -> tuple[AuditKey, Checkpoint | None]:

@@ -20,6 +20,41 @@ if TYPE_CHECKING:
     from ecgcad.db.models import SourceObject
 
 
+def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a private temporary file (``0600``) renamed into place.
+
+    With ``fsync`` the file and its folder's entry are on stable storage when this returns. The folder is
+    created when missing. A failure leaves ``path`` as it was and no temporary file behind.
+
+    Raises
+    ------
+    OSError
+        The file could not be written, flushed or renamed.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    except FileNotFoundError:  # the folder does not exist yet
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 class ObjectStore:
     """Stores bytes under their SHA-256.
 
@@ -68,30 +103,8 @@ class ObjectStore:
         except OSError as exc:
             raise StorageError(f"cannot write object: {exc.strerror}") from exc
         self.check_space(len(data))
-        do_fsync = self.fsync and sync
         try:
-            try:
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            except FileNotFoundError:  # the object's folder does not exist yet
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    if do_fsync:
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            if do_fsync:
-                dfd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+            write_atomically(path, data, fsync=self.fsync and sync)
         except OSError as exc:
             raise StorageError(f"cannot write object: {exc.strerror}") from exc
         return digest, path

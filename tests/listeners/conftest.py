@@ -6,15 +6,25 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from pydicom.data import get_testdata_file
 
 from ecgcad.config import Settings, load_settings
 from ecgcad.context import AppContext
+from ecgcad.listeners.dicom_scp import DicomScp
 from ecgcad.listeners.hl7_server import Hl7Server
 from tests import helpers
+
+
+class _Listener(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+L = TypeVar("L", bound=_Listener)
 
 ECG_FILE = str(get_testdata_file("waveform_ecg.dcm"))
 
@@ -67,20 +77,33 @@ def require_tool(name: str) -> str:
     return path
 
 
+def _starter(
+    make_ctx: Callable[..., AppContext], component: Callable[[AppContext], L]
+) -> Iterator[Callable[..., tuple[L, AppContext]]]:
+    """Start ``component(ctx)`` on a new context per call (settings overrides as keyword dicts); stop them all."""
+    running: list[L] = []
+
+    def start(**overrides: Any) -> tuple[L, AppContext]:
+        ctx = make_ctx(**overrides)
+        listener = component(ctx)
+        listener.start()
+        running.append(listener)
+        return listener, ctx
+
+    yield start
+    for listener in running:
+        listener.stop()
+
+
 @pytest.fixture
 def start_server(
     make_ctx: Callable[..., AppContext],
 ) -> Iterator[Callable[..., tuple[Hl7Server, AppContext]]]:
     """Start an :class:`Hl7Server` on an ephemeral loopback port (settings overrides as keyword dicts)."""
-    running: list[Hl7Server] = []
+    yield from _starter(make_ctx, Hl7Server)
 
-    def start(**overrides: Any) -> tuple[Hl7Server, AppContext]:
-        ctx = make_ctx(**overrides)
-        server = Hl7Server(ctx)
-        server.start()
-        running.append(server)
-        return server, ctx
 
-    yield start
-    for server in running:
-        server.stop()
+@pytest.fixture
+def start_scp(make_ctx: Callable[..., AppContext]) -> Iterator[Callable[..., tuple[DicomScp, AppContext]]]:
+    """Start a :class:`DicomScp` on an ephemeral loopback port (settings overrides as keyword dicts)."""
+    yield from _starter(make_ctx, DicomScp)

@@ -7,7 +7,7 @@ import struct
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +24,15 @@ from ecgcad.listeners.dicom_scp import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
     TWELVE_LEAD_ECG_WAVEFORM_STORAGE,
-    DicomScp,
 )
+from tests.helpers import count_rows
 from tests.listeners.conftest import DCMTK_ENV, ECG_FILE, require_tool
 
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def start_scp(make_ctx: Callable[..., AppContext]) -> Iterator[Callable[..., tuple[DicomScp, AppContext]]]:
-    running: list[DicomScp] = []
-
-    def start(**overrides: Any) -> tuple[DicomScp, AppContext]:
-        ctx = make_ctx(**overrides)
-        scp = DicomScp(ctx)
-        scp.start()
-        running.append(scp)
-        return scp, ctx
-
-    yield start
-    for scp in running:
-        scp.stop()
-
-
 def _stored(ctx: AppContext) -> int:
-    with ctx.db.session() as s:
-        return int(s.execute(select(func.count()).select_from(SourceObject)).scalar_one())
+    return count_rows(ctx, SourceObject)
 
 
 def _rejections(ctx: AppContext) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +23,10 @@ from ecgcad.db.session import Database
 from ecgcad.listeners.dicom_scp import (
     STATUS_OUT_OF_RESOURCES,
     TWELVE_LEAD_ECG_WAVEFORM_STORAGE,
-    DicomScp,
     _readable,
 )
 from tests.helpers import count_rows
 from tests.listeners.conftest import DCMTK_ENV, ECG_FILE, require_tool
-
-
-@pytest.fixture
-def start_scp(make_ctx: Callable[..., AppContext]) -> Iterator[Callable[..., tuple[DicomScp, AppContext]]]:
-    running: list[DicomScp] = []
-
-    def start(**overrides: Any) -> tuple[DicomScp, AppContext]:
-        ctx = make_ctx(**overrides)
-        scp = DicomScp(ctx)
-        scp.start()
-        running.append(scp)
-        return scp, ctx
-
-    yield start
-    for scp in running:
-        scp.stop()
 
 
 def _audit_types(ctx: AppContext) -> list[str]:

@@ -34,28 +34,39 @@ def dicom_of(payload: object) -> Dataset:
     return ds
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> AppContext:
+#: A PACS taking SR and PDF, and an EHR taking the ORU (both fake senders: ``ctx.senders[name].delivered``).
+DESTINATIONS: list[dict[str, Any]] = [
+    {
+        "name": "pacs",
+        "kind": "dicom",
+        "host": "127.0.0.1",
+        "port": 11113,
+        "ae_title": "PACS",
+        "send": ["sr", "pdf"],
+    },
+    {"name": "ehr", "kind": "hl7", "host": "127.0.0.1", "port": 2576, "max_attempts": 3},
+]
+
+
+def fake_context(data_dir: Path, *, database_url: str = "", **queue: Any) -> AppContext:
+    """A migrated context with the fixed fake model (a demonstration model) and fake senders for
+    :data:`DESTINATIONS`, fast backoff; ``queue`` adds ``[queue]`` settings."""
     settings = load_settings(
         None,
-        data_dir=str(tmp_path / "var"),
-        queue={"backoff_base_s": 0.05, "backoff_max_s": 0.1},
-        destinations=[
-            {
-                "name": "pacs",
-                "kind": "dicom",
-                "host": "127.0.0.1",
-                "port": 11113,
-                "ae_title": "PACS",
-                "send": ["sr", "pdf"],
-            },
-            {"name": "ehr", "kind": "hl7", "host": "127.0.0.1", "port": 2576, "max_attempts": 3},
-        ],
+        data_dir=str(data_dir),
+        database_url=database_url,
+        queue={"backoff_base_s": 0.05, "backoff_max_s": 0.1, **queue},
+        destinations=DESTINATIONS,
     )
     context = make_ctx(settings=settings, predictor=FakePredictor(fixed=FIXED, demonstration=True))
     context.senders = {"pacs": FakeSender(), "ehr": FakeSender()}  # type: ignore[attr-defined]
-    context.sender_factory = lambda dest: context.senders[dest.name]
+    context.sender_factory = lambda dest: context.senders[dest.name]  # type: ignore[attr-defined]
     return context
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> AppContext:
+    return fake_context(tmp_path / "var")
 
 
 def pipeline_worker(ctx: AppContext) -> Worker:
@@ -64,8 +75,8 @@ def pipeline_worker(ctx: AppContext) -> Worker:
     return worker
 
 
-def ingest_real(ctx: AppContext) -> int:
-    data = REAL_ECG.read_bytes()
+def ingest_dicom(ctx: AppContext, data: bytes) -> int:
+    """Ingest ``data`` as the DICOM listener does after a C-STORE (decoded, then committed); the ECG id."""
     ecg = decode(data)
     r = ctx.ingestor.ingest_dicom(
         data,
@@ -77,6 +88,11 @@ def ingest_real(ctx: AppContext) -> int:
     )
     assert r.ecg_id is not None
     return r.ecg_id
+
+
+def ingest_real(ctx: AppContext) -> int:
+    """Ingest pydicom's real 12-lead ECG; the ECG id."""
+    return ingest_dicom(ctx, REAL_ECG.read_bytes())
 
 
 def reports_of(ctx: AppContext, ecg_id: int) -> tuple[Result, dict[str, tuple[str, Any]]]:
@@ -100,3 +116,16 @@ def not_evaluated_code(sr: pydicom.Dataset) -> str:
     items = sr.ContentSequence[-1].ContentSequence
     (item,) = [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "NOT-EVALUATED"]
     return str(item.ConceptCodeSequence[0].CodeValue)
+
+
+def assert_processing_error_reported(ctx: AppContext, ecg_id: int) -> None:
+    """The ECG's result is "not evaluated: processing error", and its SR, PDF and ORU were all sent so."""
+    result, received = reports_of(ctx, ecg_id)
+    assert not result.scorable and result.reason_code == "processing_error"
+    assert {kind: state for kind, (state, _) in received.items()} == {
+        "sr": "sent",
+        "pdf": "sent",
+        "oru": "sent",
+    }
+    assert not_evaluated_code(received["sr"][1]) == "PROCESSING_ERROR"
+    assert b"PROCESSING_ERROR^processing error^99ECGCAD" in received["oru"][1]

@@ -19,21 +19,17 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from ecgcad.config import load_settings
 from ecgcad.context import AppContext, make_queue
-from ecgcad.db.migrate import upgrade
 from ecgcad.db.models import Delivery, EcgRecord, Result
 from ecgcad.db.session import Database
 from ecgcad.jobs.queue import ClaimedJob
 from ecgcad.jobs.schedule import build_scheduler
 from ecgcad.jobs.worker import Worker
-from ecgcad.testing.fake_predictor import FakePredictor
-from ecgcad.testing.fake_senders import FakeSender
 from tests.helpers import drain
 from tests.pipeline.conftest import (
-    FIXED,
+    assert_processing_error_reported,
+    fake_context,
     ingest_real,
-    not_evaluated_code,
     pipeline_worker,
     reports_of,
 )
@@ -48,28 +44,7 @@ def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppContext]:
     database_url = ""
     if request.param == "postgres":
         database_url = request.getfixturevalue("postgres_server").create_database()
-    settings = load_settings(
-        None,
-        data_dir=str(tmp_path / "var"),
-        database_url=database_url,
-        queue={"backoff_base_s": 0.05, "backoff_max_s": 0.1, "lease_s": LEASE_S, "max_attempts": 1},
-        destinations=[
-            {
-                "name": "pacs",
-                "kind": "dicom",
-                "host": "127.0.0.1",
-                "port": 11113,
-                "ae_title": "PACS",
-                "send": ["sr", "pdf"],
-            },
-            {"name": "ehr", "kind": "hl7", "host": "127.0.0.1", "port": 2576, "max_attempts": 3},
-        ],
-    )
-    upgrade(settings)
-    context = AppContext.from_settings(settings)
-    context.set_predictor(FakePredictor(fixed=FIXED, demonstration=True))
-    context.senders = {"pacs": FakeSender(), "ehr": FakeSender()}  # type: ignore[attr-defined]
-    context.sender_factory = lambda dest: context.senders[dest.name]  # type: ignore[attr-defined]
+    context = fake_context(tmp_path / "var", database_url=database_url, lease_s=LEASE_S, max_attempts=1)
     yield context
     context.close()
 
@@ -126,15 +101,7 @@ def test_score_job_whose_worker_died_on_the_last_attempt_makes_the_ecg_not_evalu
     with ctx.db.read_session() as s:
         state = s.get(EcgRecord, ecg_id).state  # type: ignore[union-attr]
     assert state == "not_evaluated", f"the ECG of the dead score job is {state!r}"
-    result, received = reports_of(ctx, ecg_id)
-    assert not result.scorable and result.reason_code == "processing_error"
-    assert {kind: state for kind, (state, _) in received.items()} == {
-        "sr": "sent",
-        "pdf": "sent",
-        "oru": "sent",
-    }
-    assert not_evaluated_code(received["sr"][1]) == "PROCESSING_ERROR"
-    assert b"PROCESSING_ERROR^processing error^99ECGCAD" in received["oru"][1]
+    assert_processing_error_reported(ctx, ecg_id)
     assert ctx.queue.get(job_id)["state"] == "failed", "the job stays in the dead letter"  # type: ignore[index]
 
 

@@ -17,12 +17,13 @@ from ecgcad.context import AppContext
 from ecgcad.db.models import AuditEvent, EcgRecord
 from ecgcad.errors import BuildError
 from ecgcad.integration.formats.ecg import LEADS
-from ecgcad.integration.formats.readers import decode
 from ecgcad.testing import ecg_writers as w
 from ecgcad.testing.fake_predictor import FakePredictor
 from tests.helpers import drain
 from tests.pipeline.conftest import (
     FIXED,
+    assert_processing_error_reported,
+    ingest_dicom,
     ingest_real,
     not_evaluated_code,
     pipeline_worker,
@@ -30,21 +31,6 @@ from tests.pipeline.conftest import (
 )
 
 _uids = iter(range(1, 1000))
-
-
-def _ingest(ctx: AppContext, data: bytes) -> int:
-    """Ingest ``data`` as the DICOM listener does after a C-STORE (decoded, then committed)."""
-    ecg = decode(data)
-    r = ctx.ingestor.ingest_dicom(
-        data,
-        sop_class_uid=ecg.identifiers.sop_class_uid,
-        sop_instance_uid=ecg.identifiers.sop_instance_uid,
-        ecg=ecg,
-        calling_ae="CART",
-        peer_address="127.0.0.1",
-    )
-    assert r.ecg_id is not None
-    return r.ecg_id
 
 
 def _dicom_ecg(signal: np.ndarray | None = None, *, sensitivity: str | None = None, **ids: Any) -> bytes:
@@ -82,7 +68,7 @@ def test_acknowledged_ecg_that_is_not_evaluated_gets_sr_pdf_and_oru(
     ctx: AppContext, make: Any, report_code: str
 ) -> None:
     """Before: C-STORE Success, then every delivery failed "reason text must be 1–64 characters"."""
-    ecg_id = _ingest(ctx, make())
+    ecg_id = ingest_dicom(ctx, make())
     drain(ctx, pipeline_worker(ctx))
     result, received = reports_of(ctx, ecg_id)
     assert not result.scorable
@@ -101,7 +87,7 @@ def test_acknowledged_ecg_that_is_not_evaluated_gets_sr_pdf_and_oru(
 
 def test_unparsable_birth_date_is_left_out_and_the_scored_sr_is_delivered(ctx: AppContext) -> None:
     """Before: ``PatientBirthDate=00000000`` scored, but the SR failed with "year 0 is out of range"."""
-    ecg_id = _ingest(ctx, _dicom_ecg(patient_birth_date="00000000"))
+    ecg_id = ingest_dicom(ctx, _dicom_ecg(patient_birth_date="00000000"))
     drain(ctx, pipeline_worker(ctx))
     result, received = reports_of(ctx, ecg_id)
     assert result.scorable
@@ -120,15 +106,7 @@ def test_score_job_out_of_attempts_makes_the_ecg_not_evaluated_processing_error(
     ecg_id = ingest_real(ctx)
     drain(ctx, pipeline_worker(ctx))
     assert ctx.queue.counts()["failed"] == 1, "the score job is in the dead letter"
-    result, received = reports_of(ctx, ecg_id)
-    assert not result.scorable and result.reason_code == "processing_error"
-    assert {kind: state for kind, (state, _) in received.items()} == {
-        "sr": "sent",
-        "pdf": "sent",
-        "oru": "sent",
-    }
-    assert not_evaluated_code(received["sr"][1]) == "PROCESSING_ERROR"
-    assert b"PROCESSING_ERROR^processing error^99ECGCAD" in received["oru"][1]
+    assert_processing_error_reported(ctx, ecg_id)
     with ctx.db.session() as s:
         assert s.get(EcgRecord, ecg_id).state == "not_evaluated"  # type: ignore[union-attr]
         events = s.execute(select(AuditEvent.event_type)).scalars().all()
